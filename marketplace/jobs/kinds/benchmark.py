@@ -1,0 +1,80 @@
+"""The `benchmark` kind: seeded float64 matrix products with an exact checksum, to exercise the pipeline and
+measure nodes. The runner is nodeagent.runners.benchmark."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from marketplace.jobs.kinds import Kind, TaskPlan, register
+
+MAX_MATRIX_SIZE = 4096
+
+
+class BenchmarkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tasks: int = Field(ge=1, le=10_000, description="Number of tasks (matrix products).")
+    matrix_size: int = Field(ge=8, le=MAX_MATRIX_SIZE, description="Side of the square matrices.")
+    seed: int = Field(ge=0, le=2**63 - 1, description="Seed of the matrices; task i uses (seed, i).")
+
+
+def task_count(spec: BenchmarkSpec) -> int:
+    return spec.tasks
+
+
+def split(spec: BenchmarkSpec) -> list[TaskPlan]:
+    # Three n×n float64 matrices live at once, plus interpreter overhead.
+    ram_mb = math.ceil(3 * spec.matrix_size**2 * 8 / 2**20) + 64
+    requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": []}
+    return [
+        TaskPlan(
+            payload={"matrix_size": spec.matrix_size, "seed": spec.seed, "index": i},
+            requirements=requirements,
+        )
+        for i in range(spec.tasks)
+    ]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of comparing a task's replicas: who agrees with the majority, who does not, and whether
+    another replica is needed to break a tie."""
+
+    accepted: frozenset[str]
+    rejected: frozenset[str]
+    needs_another_replica: bool
+
+
+def verify(checksums: dict[str, str], quorum: int = 2) -> Verdict:
+    """Decide a task from its replicas' checksums ({assignment id: checksum}).
+
+    A checksum reported by at least `quorum` replicas wins: those replicas are accepted, the rest rejected.
+    Without such a majority nothing is decided yet and one more replica is needed.
+    """
+    if not checksums:
+        return Verdict(frozenset(), frozenset(), needs_another_replica=True)
+    value, votes = Counter(checksums.values()).most_common(1)[0]
+    if votes < quorum:
+        return Verdict(frozenset(), frozenset(), needs_another_replica=True)
+    accepted = frozenset(a for a, c in checksums.items() if c == value)
+    return Verdict(accepted, frozenset(checksums) - accepted, needs_another_replica=False)
+
+
+KIND = register(
+    Kind(
+        name="benchmark",
+        spec_model=BenchmarkSpec,
+        task_count=task_count,
+        split=split,
+        verify=verify,
+        artifact_max_bytes=64 * 1024,
+        start_window_seconds=30,
+        lease_seconds=120,
+        description="Seeded float64 matrix products; replicas must report the same checksum.",
+        defaults={"tasks": 4, "matrix_size": 256, "seed": 1},
+    )
+)

@@ -1,0 +1,165 @@
+"""Job → Task → Assignment (one replica on one node) → Result, with their state machines in one place."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from marketplace.core.fields import Uint256Field
+
+
+class JobState(models.TextChoices):
+    DRAFT = "draft"
+    FUNDED = "funded"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class TaskState(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AssignmentState(models.TextChoices):
+    LEASED = "leased"
+    RUNNING = "running"
+    SUBMITTED = "submitted"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+# The allowed transitions, target ← sources. Every state change goes through these tables.
+JOB_TRANSITIONS: dict[str, frozenset[str]] = {
+    JobState.FUNDED: frozenset({JobState.DRAFT}),
+    JobState.RUNNING: frozenset({JobState.FUNDED}),
+    JobState.COMPLETED: frozenset({JobState.RUNNING}),
+    JobState.FAILED: frozenset({JobState.FUNDED, JobState.RUNNING}),
+    JobState.CANCELLED: frozenset({JobState.DRAFT, JobState.FUNDED, JobState.RUNNING}),
+    JobState.EXPIRED: frozenset({JobState.DRAFT, JobState.FUNDED, JobState.RUNNING}),
+}
+JOB_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
+
+TASK_TRANSITIONS: dict[str, frozenset[str]] = {
+    TaskState.RUNNING: frozenset({TaskState.PENDING}),
+    TaskState.PENDING: frozenset({TaskState.RUNNING}),
+    TaskState.COMPLETED: frozenset({TaskState.PENDING, TaskState.RUNNING}),
+    TaskState.FAILED: frozenset({TaskState.PENDING, TaskState.RUNNING}),
+    TaskState.CANCELLED: frozenset({TaskState.PENDING, TaskState.RUNNING}),
+}
+
+ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
+    AssignmentState.RUNNING: frozenset({AssignmentState.LEASED}),
+    AssignmentState.SUBMITTED: frozenset({AssignmentState.RUNNING}),
+    AssignmentState.ACCEPTED: frozenset({AssignmentState.SUBMITTED}),
+    AssignmentState.REJECTED: frozenset({AssignmentState.SUBMITTED}),
+    AssignmentState.EXPIRED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
+    AssignmentState.CANCELLED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
+}
+ASSIGNMENT_OPEN = frozenset({AssignmentState.LEASED, AssignmentState.RUNNING})
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    poster = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    kind = models.CharField(max_length=32)
+    spec = models.JSONField()
+    price_per_replica = Uint256Field(help_text="Token base units paid per accepted task replica.")
+    replication = models.PositiveSmallIntegerField()
+    task_count = models.PositiveIntegerField()
+    quote = Uint256Field(help_text="price_per_replica × task_count × replication, in base units.")
+    deadline = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.DRAFT, db_index=True)
+    state_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    funded_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["poster", "-created_at"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(replication__gte=1), name="job_replication_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.id} ({self.state})"
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks")
+    index = models.PositiveIntegerField()
+    payload = models.JSONField()
+    requirements = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING, db_index=True)
+    state_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "index"], name="task_unique_index_per_job")]
+
+    def __str__(self) -> str:
+        return f"task {self.index} of job {self.job_id} ({self.state})"
+
+
+class Assignment(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    node = models.ForeignKey("nodes.Node", on_delete=models.PROTECT, related_name="assignments")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    state = models.CharField(
+        max_length=16, choices=AssignmentState.choices, default=AssignmentState.LEASED, db_index=True
+    )
+    state_reason = models.TextField(blank=True, default="")
+    leased_at = models.DateTimeField(auto_now_add=True)
+    start_by = models.DateTimeField(help_text="The lease expires if the node has not started by then.")
+    lease_expires_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-leased_at"]
+        constraints = [
+            # Replicas of one task must run on different nodes, or replication proves nothing.
+            models.UniqueConstraint(fields=["task", "node"], name="assignment_one_replica_per_node"),
+        ]
+        indexes = [models.Index(fields=["node", "state"])]
+
+    def __str__(self) -> str:
+        return f"assignment {self.id} of task {self.task_id} on node {self.node_id} ({self.state})"
+
+
+def result_artifact_path(instance: Result, filename: str) -> str:
+    assignment = instance.assignment
+    return f"results/{assignment.task.job_id}/{assignment.task_id}/{assignment.id}.bin"
+
+
+class Result(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="result")
+    artifact = models.FileField(upload_to=result_artifact_path, max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    metrics = models.JSONField(default=dict)
+    signature = models.CharField(max_length=132, help_text="EIP-191 signature by the node's wallet, 0x-hex.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"result of assignment {self.assignment_id}"

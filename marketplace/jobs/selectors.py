@@ -1,0 +1,64 @@
+"""Reads for jobs: every poster-facing query is scoped to the poster."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.db.models import Count, QuerySet
+
+from marketplace.core.exceptions import NotFound
+from marketplace.jobs.models import Assignment, Job, Result, Task
+from marketplace.nodes.models import Node
+
+
+def job_list(*, poster_id: int, state: str | None = None, kind: str | None = None) -> QuerySet[Job]:
+    jobs = Job.objects.filter(poster_id=poster_id)
+    if state:
+        jobs = jobs.filter(state=state)
+    if kind:
+        jobs = jobs.filter(kind=kind)
+    return jobs
+
+
+def job_get(*, job_id: UUID, poster_id: int) -> Job:
+    # Another poster's job is "not found": existence is not leaked.
+    job = Job.objects.filter(id=job_id, poster_id=poster_id).first()
+    if job is None:
+        raise NotFound("No such job.")
+    return job
+
+
+def job_task_counts(*, job: Job) -> dict[str, int]:
+    rows = job.tasks.values("state").annotate(n=Count("id")).order_by()
+    return {row["state"]: row["n"] for row in rows}
+
+
+def task_list(*, job: Job) -> QuerySet[Task]:
+    return job.tasks.annotate(replicas=Count("assignments")).order_by("index")
+
+
+def result_list(*, job: Job) -> QuerySet[Result]:
+    return (
+        Result.objects.filter(assignment__task__job=job)
+        .select_related("assignment__task")
+        .order_by("assignment__task__index", "created_at")
+    )
+
+
+def result_get(*, result_id: UUID, poster_id: int) -> Result:
+    result = (
+        Result.objects.select_related("assignment__task__job")
+        .filter(id=result_id, assignment__task__job__poster_id=poster_id)
+        .first()
+    )
+    if result is None:
+        raise NotFound("No such result.")
+    return result
+
+
+def assignment_get_for_node(*, assignment_id: UUID, node: Node) -> Assignment:
+    # Another node's assignment is "not found": existence is not leaked.
+    assignment = Assignment.objects.select_related("task__job").filter(id=assignment_id, node=node).first()
+    if assignment is None:
+        raise NotFound("No such assignment for this node.")
+    return assignment

@@ -1,0 +1,257 @@
+"""Writes for jobs, tasks, assignments and results. Every state change is a conditional UPDATE."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from marketplace.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
+from marketplace.core.fields import UINT256_MAX
+from marketplace.jobs import kinds, selectors
+from marketplace.jobs.models import (
+    ASSIGNMENT_OPEN,
+    ASSIGNMENT_TRANSITIONS,
+    JOB_TERMINAL,
+    JOB_TRANSITIONS,
+    Assignment,
+    AssignmentState,
+    Job,
+    JobState,
+    Result,
+    Task,
+    TaskState,
+)
+from marketplace.nodes.models import Node
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLICATION = 7
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+
+
+def quote_compute(*, price_per_replica: int, task_count: int, replication: int) -> int:
+    """What a job costs before fees: price × tasks × replication, in integer base units."""
+    return price_per_replica * task_count * replication
+
+
+def job_create(
+    *,
+    poster: AbstractBaseUser,
+    kind: str,
+    spec: Any,
+    price_per_replica: int,
+    replication: int,
+    deadline: datetime | None = None,
+) -> Job:
+    """Validate a job posting and create it as a draft with its quote. Invalid input writes nothing."""
+    job_kind = kinds.get(kind)
+    parsed = kinds.parse_spec(job_kind, spec)
+    fields: dict[str, list[str]] = {}
+    if isinstance(price_per_replica, bool) or not isinstance(price_per_replica, int) or price_per_replica < 1:
+        fields["price_per_replica"] = ["Must be a positive whole number of token base units."]
+    if isinstance(replication, bool) or not isinstance(replication, int) or not 1 <= replication <= MAX_REPLICATION:
+        fields["replication"] = [f"Must be between 1 and {MAX_REPLICATION}."]
+    now = timezone.now()
+    hours = settings.HASHWORK
+    if deadline is None:
+        deadline = now + timedelta(hours=hours["JOB_DEFAULT_DEADLINE_HOURS"])
+    elif deadline <= now:
+        fields["deadline"] = ["Must be in the future."]
+    elif deadline > now + timedelta(hours=hours["JOB_MAX_DEADLINE_HOURS"]):
+        fields["deadline"] = [f"Must be within {hours['JOB_MAX_DEADLINE_HOURS'] // 24} days."]
+    if fields:
+        raise ValidationFailed(fields)
+    task_count = job_kind.task_count(parsed)
+    quote = quote_compute(price_per_replica=price_per_replica, task_count=task_count, replication=replication)
+    if quote > UINT256_MAX:
+        raise ValidationFailed({"price_per_replica": ["price × tasks × replication must fit in 256 bits."]})
+    job = Job.objects.create(
+        poster=poster,
+        kind=job_kind.name,
+        spec=parsed.model_dump(mode="json"),
+        price_per_replica=price_per_replica,
+        replication=replication,
+        task_count=task_count,
+        quote=quote,
+        deadline=deadline,
+    )
+    logger.info("job %s created by %s: %s, %d tasks, quote %d", job.id, poster.pk, kind, task_count, quote)
+    return job
+
+
+def job_transition(*, job_id: UUID, to: str, reason: str = "") -> None:
+    """Move a job to state `to` if its current state allows it; Conflict otherwise."""
+    sources = JOB_TRANSITIONS.get(to, frozenset())
+    now = timezone.now()
+    updates: dict[str, Any] = {"state": to, "updated_at": now}
+    if reason:
+        updates["state_reason"] = reason
+    if to == JobState.FUNDED:
+        updates["funded_at"] = now
+    if to in JOB_TERMINAL:
+        updates["finished_at"] = now
+    if Job.objects.filter(id=job_id, state__in=sources).update(**updates) == 1:
+        logger.info("job %s → %s %s", job_id, to, reason)
+        return
+    current = Job.objects.filter(id=job_id).values_list("state", flat=True).first()
+    if current is None:
+        raise NotFound("No such job.")
+    raise Conflict(
+        f"A {current} job cannot become {to}.",
+        {"state": current, "allowed_from": sorted(str(s) for s in sources)},
+    )
+
+
+def assignment_transition(*, assignment_id: UUID, to: str, reason: str = "", **extra: Any) -> bool:
+    """Move an assignment to `to` if its state allows it; returns False if someone else moved it first."""
+    sources = ASSIGNMENT_TRANSITIONS[to]
+    updates: dict[str, Any] = {"state": to, **extra}
+    if reason:
+        updates["state_reason"] = reason
+    return Assignment.objects.filter(id=assignment_id, state__in=sources).update(**updates) == 1
+
+
+@transaction.atomic
+def job_fund_dev(*, job_id: UUID, actor: AbstractBaseUser) -> None:
+    """Mark a job funded without a chain (dev installs and staff only), then split it into tasks."""
+    if not (settings.HASHWORK["DEV_FUNDING"] or getattr(actor, "is_staff", False)):
+        raise PermissionDenied("Dev funding is off here (HASHWORK_DEV_FUNDING=false); fund the job on chain.")
+    job_transition(job_id=job_id, to=JobState.FUNDED, reason="funded by dev service")
+    from marketplace.jobs.tasks import job_split_task
+
+    transaction.on_commit(lambda: job_split_task.delay(str(job_id)))
+
+
+@transaction.atomic
+def job_split(*, job_id: UUID) -> int:
+    """Create a funded job's tasks and start it. Idempotent: a job already split is left alone."""
+    job = Job.objects.select_for_update().filter(id=job_id).first()
+    if job is None:
+        logger.warning("job %s vanished before it was split", job_id)
+        return 0
+    if job.state != JobState.FUNDED or job.tasks.exists():
+        logger.info("job %s not split: state %s", job_id, job.state)
+        return 0
+    plans = kinds.get(job.kind).split(kinds.parse_spec(kinds.get(job.kind), job.spec))
+    Task.objects.bulk_create(
+        Task(job=job, index=i, payload=plan.payload, requirements=plan.requirements) for i, plan in enumerate(plans)
+    )
+    job_transition(job_id=job.id, to=JobState.RUNNING, reason=f"split into {len(plans)} tasks")
+    return len(plans)
+
+
+def _work_stop(*, job_id: UUID, reason: str) -> None:
+    """Cancel a job's unfinished tasks and revoke its open assignments (their agents get 409 at start)."""
+    now = timezone.now()
+    Task.objects.filter(job_id=job_id, state__in=[TaskState.PENDING, TaskState.RUNNING]).update(
+        state=TaskState.CANCELLED, state_reason=reason, updated_at=now
+    )
+    Assignment.objects.filter(task__job_id=job_id, state__in=ASSIGNMENT_OPEN).update(
+        state=AssignmentState.CANCELLED, state_reason=reason, finished_at=now
+    )
+
+
+@transaction.atomic
+def job_cancel(*, job_id: UUID, poster: AbstractBaseUser) -> Job:
+    """Cancel the poster's job: pending work is revoked; accepted work stays paid."""
+    job = Job.objects.select_for_update().filter(id=job_id, poster=poster).first()
+    if job is None:
+        raise NotFound("No such job.")
+    job_transition(job_id=job.id, to=JobState.CANCELLED, reason="cancelled by the poster")
+    _work_stop(job_id=job.id, reason="job cancelled")
+    job.refresh_from_db()
+    return job
+
+
+def jobs_expire(*, now: datetime | None = None) -> int:
+    """Expire every unfinished job past its deadline; returns how many."""
+    now = now or timezone.now()
+    expired = 0
+    due = Job.objects.filter(deadline__lt=now, state__in=JOB_TRANSITIONS[JobState.EXPIRED]).values_list("id", flat=True)
+    for job_id in list(due):
+        with transaction.atomic():
+            if Job.objects.filter(id=job_id, state__in=JOB_TRANSITIONS[JobState.EXPIRED]).update(
+                state=JobState.EXPIRED, state_reason="deadline passed", finished_at=now, updated_at=now
+            ):
+                _work_stop(job_id=job_id, reason="job expired")
+                expired += 1
+    return expired
+
+
+def assignment_start(*, assignment_id: UUID, node: Node) -> Assignment:
+    """The node starts work on a leased assignment; Conflict if it was cancelled, expired or started."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    now = timezone.now()
+    started = Assignment.objects.filter(
+        id=assignment.id,
+        node=node,
+        state=AssignmentState.LEASED,
+        start_by__gte=now,
+        lease_expires_at__gte=now,
+    ).update(state=AssignmentState.RUNNING, started_at=now)
+    assignment.refresh_from_db()
+    if not started:
+        state = assignment.state
+        why = "its start window has passed" if state == AssignmentState.LEASED else f"it is {state}"
+        raise Conflict(f"This assignment cannot start: {why}.", {"state": state})
+    return assignment
+
+
+def result_submit(
+    *,
+    assignment_id: UUID,
+    node: Node,
+    artifact: UploadedFile,
+    sha256: str,
+    signature: str,
+    metrics: dict[str, Any],
+) -> Result:
+    """Store a node's result for its running assignment. Checks that need no key come first, so bad input
+    is refused before anything is written; a repeated identical upload returns the first result."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    fields: dict[str, list[str]] = {}
+    sha256 = sha256.strip().lower()
+    if not SHA256_RE.match(sha256):
+        fields["sha256"] = ["Must be 64 lower-case hex digits."]
+    if not SIGNATURE_RE.match(signature.strip()):
+        fields["signature"] = ["Must be a 0x-prefixed 65-byte hex signature."]
+    limit = kinds.get(assignment.task.job.kind).artifact_max_bytes
+    if artifact.size is None or artifact.size > limit:
+        fields["artifact"] = [f"Is {artifact.size} bytes; {assignment.task.job.kind} results are at most {limit}."]
+    if fields:
+        raise ValidationFailed(fields)
+    digest = hashlib.sha256()
+    for chunk in artifact.chunks():
+        digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise ValidationFailed({"sha256": ["Does not match the uploaded artifact's bytes."]})
+    existing = Result.objects.filter(assignment=assignment).first()
+    if existing is not None:
+        if existing.sha256 == sha256:
+            return existing
+        raise Conflict("A different result was already submitted for this assignment.")
+    now = timezone.now()
+    if assignment.state != AssignmentState.RUNNING:
+        raise Conflict(f"This assignment is {assignment.state}; results are taken only while it runs.")
+    if assignment.lease_expires_at < now:
+        raise Conflict("The lease on this assignment has expired; the result is not accepted.")
+    artifact.seek(0)
+    with transaction.atomic():
+        if not assignment_transition(assignment_id=assignment.id, to=AssignmentState.SUBMITTED, submitted_at=now):
+            raise Conflict("This assignment changed state while the result was uploaded.")
+        result = Result(assignment=assignment, sha256=sha256, size=artifact.size, metrics=metrics, signature=signature)
+        result.artifact.save(f"{assignment.id}.bin", artifact, save=False)
+        result.save()
+    logger.info("result %s stored for assignment %s of node %s", result.id, assignment.id, node.id)
+    return result

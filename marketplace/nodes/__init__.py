@@ -1,0 +1,1 @@
+"""Volunteer nodes: enrolment, credentials, capabilities, heartbeats and reputation."""

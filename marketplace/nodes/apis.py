@@ -1,0 +1,110 @@
+"""Thin API views for node enrolment (operators) and heartbeats (node agents)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.jobs.apis import ERRORS
+from marketplace.nodes import services
+from marketplace.nodes.authentication import IsNode, NodeTokenAuthentication
+from marketplace.nodes.models import Node
+
+
+class NodeEnrollInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", help_text="Letters, digits, . _ -")
+    wallet_address = serializers.CharField(max_length=42, help_text="0x-address that payouts go to.")
+    capabilities = serializers.DictField(default=dict, help_text="What `nodeagent probe --json` reports.")
+    slots = serializers.IntegerField(default=1, min_value=1, max_value=services.MAX_SLOTS)
+    min_price = serializers.DictField(default=dict, help_text="{kind: minimum price per replica in base units}.")
+
+
+class NodeOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    is_online = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Node
+        fields = [
+            "id",
+            "name",
+            "wallet_address",
+            "capabilities",
+            "slots",
+            "min_price",
+            "is_active",
+            "is_online",
+            "last_heartbeat",
+            "valid_count",
+            "invalid_count",
+            "expired_count",
+            "consecutive_valid",
+            "created_at",
+        ]
+
+
+class NodeEnrollOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    node = NodeOutputSerializer()
+    token = serializers.CharField(help_text="The node's API token, shown once: 'Authorization: Node <token>'.")
+    broker_url = serializers.CharField(allow_null=True)
+    broker_prefix = serializers.CharField(allow_null=True)
+
+
+class NodeEnrollApi(APIView):
+    @extend_schema(
+        operation_id="nodes_enroll",
+        request=NodeEnrollInputSerializer,
+        responses={201: NodeEnrollOutputSerializer, 400: ERRORS[400], 401: ERRORS[401]},
+        description="An operator registers a node; the response carries the node's credentials (shown once).",
+    )
+    def post(self, request: Request) -> Response:
+        data = NodeEnrollInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        enrolment = services.node_enroll(operator=request.user, **data.validated_data)
+        body = NodeEnrollOutputSerializer(
+            {
+                "node": enrolment.node,
+                "token": enrolment.token,
+                "broker_url": enrolment.broker_url,
+                "broker_prefix": enrolment.broker_prefix,
+            }
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    capabilities = serializers.DictField(required=False)
+    free_slots = serializers.IntegerField(min_value=0)
+    load = serializers.FloatField(required=False, min_value=0)
+    running = serializers.ListField(child=serializers.UUIDField(), default=list)
+
+
+class NodeHeartbeatApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="nodes_heartbeat",
+        request=NodeHeartbeatInputSerializer,
+        responses={200: NodeOutputSerializer, 400: ERRORS[400], 401: ERRORS[401]},
+    )
+    def post(self, request: Request) -> Response:
+        data = NodeHeartbeatInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = services.node_heartbeat(
+            node=request.auth,
+            capabilities=data.validated_data.get("capabilities"),
+            free_slots=data.validated_data["free_slots"],
+        )
+        return Response(NodeOutputSerializer(node).data)
+
+
+class NodeMeApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(operation_id="nodes_me", responses={200: NodeOutputSerializer, 401: ERRORS[401]})
+    def get(self, request: Request) -> Response:
+        return Response(NodeOutputSerializer(request.auth).data)

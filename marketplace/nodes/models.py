@@ -1,0 +1,42 @@
+"""A node is one machine running the node agent, owned by an operator (a user)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Node(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    operator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="nodes")
+    name = models.CharField(max_length=64)
+    wallet_address = models.CharField(max_length=42, help_text="0x-address payouts go to (lower case).")
+    token_hash = models.CharField(max_length=64, unique=True, help_text="sha256 of the node's API secret.")
+    capabilities = models.JSONField(default=dict)
+    slots = models.PositiveSmallIntegerField(default=1)
+    min_price = models.JSONField(default=dict, help_text="{kind: minimum price per replica in base units}.")
+    is_active = models.BooleanField(default=True, help_text="Removed or banned nodes are inactive.")
+    last_heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)
+    valid_count = models.PositiveIntegerField(default=0)
+    invalid_count = models.PositiveIntegerField(default=0)
+    expired_count = models.PositiveIntegerField(default=0)
+    consecutive_valid = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["operator", "name"], name="node_name_unique_per_operator")]
+
+    def __str__(self) -> str:
+        return f"node {self.name} ({self.id})"
+
+    @property
+    def is_online(self) -> bool:
+        if self.last_heartbeat is None or not self.is_active:
+            return False
+        window = timedelta(seconds=settings.HASHWORK["NODE_ONLINE_SECONDS"])
+        return timezone.now() - self.last_heartbeat <= window

@@ -1,0 +1,20 @@
+"""Reads for nodes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from marketplace.nodes.models import Node
+
+
+def nodes_online() -> QuerySet[Node]:
+    since = timezone.now() - timedelta(seconds=settings.HASHWORK["NODE_ONLINE_SECONDS"])
+    return Node.objects.filter(is_active=True, last_heartbeat__gte=since)
+
+
+def node_list_for_operator(*, operator_id: int) -> QuerySet[Node]:
+    return Node.objects.filter(operator_id=operator_id)

@@ -1,0 +1,52 @@
+"""URL map: the REST API under /api/, its schema and docs, the admin, and a health check."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from marketplace.jobs import apis as job_apis
+from marketplace.nodes import apis as node_apis
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return JsonResponse({"status": "ok"})
+
+
+api = [
+    path("jobs/", job_apis.JobListApi.as_view(), name="jobs"),
+    path("jobs/<uuid:job_id>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<uuid:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/tasks/", job_apis.JobTaskListApi.as_view(), name="job-tasks"),
+    path("jobs/<uuid:job_id>/results/", job_apis.JobResultListApi.as_view(), name="job-results"),
+    path("results/<uuid:result_id>/artifact/", job_apis.ResultArtifactApi.as_view(), name="result-artifact"),
+    path("nodes/enroll/", node_apis.NodeEnrollApi.as_view(), name="node-enroll"),
+    path("nodes/heartbeat/", node_apis.NodeHeartbeatApi.as_view(), name="node-heartbeat"),
+    path("nodes/me/", node_apis.NodeMeApi.as_view(), name="node-me"),
+    path(
+        "assignments/<uuid:assignment_id>/start/",
+        job_apis.AssignmentStartApi.as_view(),
+        name="assignment-start",
+    ),
+    path(
+        "assignments/<uuid:assignment_id>/result/",
+        job_apis.AssignmentResultApi.as_view(),
+        name="assignment-result",
+    ),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    # Until the dashboard lands, the front page is the interactive API documentation.
+    path("", RedirectView.as_view(url="/api/docs/", permanent=False), name="home"),
+    path("admin/", admin.site.urls),
+    path("healthz/", healthz, name="healthz"),
+    path("api/", include(api)),
+]

@@ -1,0 +1,19 @@
+"""Runners by job kind: each takes an assignment payload and returns the result's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nodeagent.runners import benchmark
+
+Runner = Callable[[dict[str, Any]], dict[str, Any]]
+
+RUNNERS: dict[str, Runner] = {"benchmark": benchmark.run}
+
+
+def get(kind: str) -> Runner:
+    try:
+        return RUNNERS[kind]
+    except KeyError:
+        raise KeyError(f"this node agent has no runner for job kind {kind!r}; upgrade nodeagent") from None

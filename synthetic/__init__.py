@@ -1,0 +1,1 @@
+"""Blender scene generation and labeled rendering for synthetic datasets (added by the render issue)."""

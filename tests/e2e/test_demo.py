@@ -1,0 +1,49 @@
+"""`python manage.py demo --headless` on SQLite and the embedded Redis, in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_headless_demo_posts_the_sample_job_and_stops_everything_it_started(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "HASHWORK_REDIS_PREFIX"}}
+    env["HASHWORK_VAR_DIR"] = str(tmp_path)
+    port = _free_port()
+    done = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--headless", "--port", str(port), "--timeout", "90"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "embedded Valkey started" in out
+    assert f"sqlite3 {tmp_path / 'hashwork.sqlite3'}" in out
+    assert "Posted a benchmark job through the API: 8 tasks × 2 replicas" in out
+    assert "The worker split the job into 8 tasks" in out
+    assert f"http://127.0.0.1:{port}/api/jobs/" in out
+    assert "stopped worker (exit code 0)" in out
+    assert "stopped web (exit code 0)" in out
+    assert "stopped the embedded Redis" in out
+    # Everything it started is gone: the web port is closed and no Redis state is left behind.
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert not (tmp_path / "redis" / "server.json").exists()
+    assert (tmp_path / "hashwork.sqlite3").exists()
+    journal = subprocess.run(
+        [sys.executable, "-c", f"import sqlite3; print(sqlite3.connect({str(tmp_path / 'hashwork.sqlite3')!r})"
+         ".execute('pragma journal_mode').fetchone()[0])"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert journal.stdout.strip() == "wal"
+    assert 'POST /api/jobs/ HTTP/1.1" 201' in (tmp_path / "logs" / "web.log").read_text()
