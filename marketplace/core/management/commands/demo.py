@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -106,6 +107,8 @@ class Command(BaseCommand):
             raise _Stop
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
+        # The demo speaks for itself on stdout; the services' own logs go to var/logs/.
+        logging.getLogger("marketplace").setLevel(logging.WARNING)
         try:
             redis_url, started_redis = self._redis(var_dir)
             call_command("migrate", interactive=False, verbosity=0)
