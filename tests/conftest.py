@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 from rest_framework.test import APIClient
 
@@ -28,6 +29,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Redis of this run: REDIS_URL (the machine's) when set, else an embedded one for the session."""
     if settings.REDIS_URL:
         yield settings.REDIS_URL
+        # A shared server keeps nothing of ours: drop this run's keys (its prefix is unique to the run).
+        if settings.REDIS_PREFIX.startswith("test-"):
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            for key in client.scan_iter(match=f"{settings.REDIS_PREFIX}*", count=500):
+                client.delete(key)
         return
     var_dir = tmp_path_factory.mktemp("redis-var")
     server, _ = embedded_redis.start(var_dir)
