@@ -29,7 +29,15 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+# Node tools (solc-js, OpenZeppelin, Anvil). `npm ci` breaks on anvil's platform packages: use `npm install`.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ (it brings npm)"; exit 1; }
+	@echo "==> installing the Node tools from package.json"
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
+install: $(STAMP) $(if $(wildcard package.json),$(NODE_STAMP))
 
 migrate: install
 	@echo "==> migrating the database"

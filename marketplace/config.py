@@ -55,6 +55,7 @@ class Config:
     node_online_seconds: int
     job_default_deadline_hours: int
     dev_funding: bool
+    eth_rpc_url: str | None
     problems: tuple[str, ...] = field(default=())
 
 
@@ -146,6 +147,16 @@ def _redis_url(env: Mapping[str, str], problems: list[str]) -> str | None:
     return raw
 
 
+def _eth_rpc_url(env: Mapping[str, str], problems: list[str]) -> str | None:
+    raw = env.get("ETH_RPC_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.hostname:
+        problems.append(f"ETH_RPC_URL={raw!r} is not an http(s) or ws(s) URL of an Ethereum JSON-RPC node.")
+    return raw
+
+
 def _allowed_hosts(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
     raw = env.get("ALLOWED_HOSTS")
     if raw is None:
@@ -208,6 +219,7 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         node_online_seconds=_int(env, "NODE_ONLINE_SECONDS", 90, problems),
         job_default_deadline_hours=_int(env, "JOB_DEFAULT_DEADLINE_HOURS", 168, problems),
         dev_funding=_bool(env, "HASHWORK_DEV_FUNDING", database_is_embedded or debug, problems),
+        eth_rpc_url=_eth_rpc_url(env, problems),
     )
     if problems:
         raise ConfigError(problems)

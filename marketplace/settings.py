@@ -169,6 +169,11 @@ CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# Ethereum: ETH_RPC_URL names a chain; unset means an Anvil started by the project (contracts.devchain).
+ETH_RPC_URL = CONFIG.eth_rpc_url
+CHAIN_DIR = VAR_DIR / "chain"
+CHAIN_DEPLOYMENTS_FILE = CHAIN_DIR / "deployments.json"
+
 HASHWORK = {
     "NODE_ONLINE_SECONDS": CONFIG.node_online_seconds,
     "JOB_DEFAULT_DEADLINE_HOURS": CONFIG.job_default_deadline_hours,

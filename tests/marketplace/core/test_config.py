@@ -68,6 +68,8 @@ def test_configured_services_are_used(tmp_path: Path) -> None:
         ("JOB_DEFAULT_DEADLINE_HOURS", "-1"),
         ("HASHWORK_DEV_FUNDING", "perhaps"),
         ("S3_ENDPOINT_URL", "https://s3.example"),
+        ("ETH_RPC_URL", "localhost:8545"),
+        ("ETH_RPC_URL", "ftp://chain.example"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_name(tmp_path: Path, name: str, value: str) -> None:
