@@ -56,6 +56,10 @@ class Config:
     job_default_deadline_hours: int
     dev_funding: bool
     eth_rpc_url: str | None
+    node_broker_url: str | None
+    lease_seconds: int | None
+    start_window_seconds: int | None
+    artifact_limits: dict[str, int]
     problems: tuple[str, ...] = field(default=())
 
 
@@ -147,6 +151,18 @@ def _redis_url(env: Mapping[str, str], problems: list[str]) -> str | None:
     return raw
 
 
+def _node_broker_url(env: Mapping[str, str], problems: list[str]) -> str | None:
+    raw = env.get("NODE_BROKER_URL", "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss"} or not parts.hostname:
+        problems.append(f"NODE_BROKER_URL={raw!r} is not a redis:// or rediss:// URL (host and port nodes reach).")
+    elif parts.username or parts.password:
+        problems.append("NODE_BROKER_URL must carry no credentials: each node gets its own at enrolment.")
+    return raw
+
+
 def _eth_rpc_url(env: Mapping[str, str], problems: list[str]) -> str | None:
     raw = env.get("ETH_RPC_URL", "").strip()
     if not raw:
@@ -155,6 +171,18 @@ def _eth_rpc_url(env: Mapping[str, str], problems: list[str]) -> str | None:
     if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.hostname:
         problems.append(f"ETH_RPC_URL={raw!r} is not an http(s) or ws(s) URL of an Ethereum JSON-RPC node.")
     return raw
+
+
+def _artifact_limits(env: Mapping[str, str], problems: list[str]) -> dict[str, int]:
+    raw = env.get("HASHWORK_ARTIFACT_LIMITS", "").strip()
+    limits: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        kind, _, size = item.partition("=")
+        if not kind.strip() or not size.strip().isdigit() or int(size) < 1:
+            problems.append(f"HASHWORK_ARTIFACT_LIMITS entry {item!r} is not KIND=BYTES (e.g. render=268435456).")
+            continue
+        limits[kind.strip()] = int(size)
+    return limits
 
 
 def _allowed_hosts(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
@@ -220,6 +248,10 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         job_default_deadline_hours=_int(env, "JOB_DEFAULT_DEADLINE_HOURS", 168, problems),
         dev_funding=_bool(env, "HASHWORK_DEV_FUNDING", database_is_embedded or debug, problems),
         eth_rpc_url=_eth_rpc_url(env, problems),
+        node_broker_url=_node_broker_url(env, problems),
+        lease_seconds=_int(env, "HASHWORK_LEASE_SECONDS", 0, problems, minimum=1) or None,
+        start_window_seconds=_int(env, "HASHWORK_START_WINDOW_SECONDS", 0, problems, minimum=1) or None,
+        artifact_limits=_artifact_limits(env, problems),
     )
     if problems:
         raise ConfigError(problems)

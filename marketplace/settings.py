@@ -10,7 +10,7 @@ import dj_database_url
 
 from marketplace import config as _config
 from marketplace.core import embedded_redis
-from marketplace.core.queues import CELERY_TASK_QUEUES, CELERY_TASK_ROUTES, Queue
+from marketplace.core.queues import CELERY_BEAT_SCHEDULE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -165,6 +165,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = Queue.DEFAULT.value
 CELERY_TASK_QUEUES = CELERY_TASK_QUEUES
 CELERY_TASK_ROUTES = CELERY_TASK_ROUTES
+CELERY_BEAT_SCHEDULE = CELERY_BEAT_SCHEDULE
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -179,6 +181,17 @@ HASHWORK = {
     "JOB_DEFAULT_DEADLINE_HOURS": CONFIG.job_default_deadline_hours,
     "JOB_MAX_DEADLINE_HOURS": 24 * 90,
     "DEV_FUNDING": CONFIG.dev_funding,
+    # Where node agents reach Redis (no credentials); defaults to REDIS_URL's host, port and database.
+    "NODE_BROKER_URL": CONFIG.node_broker_url,
+    # Overrides of every kind's lease and start window (tests and demos shorten them).
+    "LEASE_SECONDS": CONFIG.lease_seconds,
+    "START_WINDOW_SECONDS": CONFIG.start_window_seconds,
+    "ARTIFACT_LIMITS": CONFIG.artifact_limits,
+    # Leasing: attempts a task may lose (expired, failed) before it fails; failures that block a node from a job.
+    "MAX_LOST_ATTEMPTS": 5,
+    "JOB_NODE_MAX_FAILURES": 2,
+    # A tie between replicas asks for more, up to replication + this many.
+    "MAX_EXTRA_REPLICAS": 3,
 }
 
 LOGGING = {

@@ -29,6 +29,8 @@ api = [
     path("nodes/enroll/", node_apis.NodeEnrollApi.as_view(), name="node-enroll"),
     path("nodes/heartbeat/", node_apis.NodeHeartbeatApi.as_view(), name="node-heartbeat"),
     path("nodes/me/", node_apis.NodeMeApi.as_view(), name="node-me"),
+    path("nodes/me/assignments/", node_apis.NodeAssignmentListApi.as_view(), name="node-assignments"),
+    path("nodes/release/", node_apis.NodeReleaseApi.as_view(), name="node-release"),
     path(
         "assignments/<uuid:assignment_id>/start/",
         job_apis.AssignmentStartApi.as_view(),
@@ -39,6 +41,10 @@ api = [
         job_apis.AssignmentResultApi.as_view(),
         name="assignment-result",
     ),
+    path(
+        "assignments/<uuid:assignment_id>/release/", job_apis.AssignmentReleaseApi.as_view(), name="assignment-release"
+    ),
+    path("assignments/<uuid:assignment_id>/fail/", job_apis.AssignmentFailApi.as_view(), name="assignment-fail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

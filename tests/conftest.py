@@ -15,6 +15,7 @@ from marketplace.celery import use_broker
 from marketplace.core import embedded_redis
 from marketplace.nodes.authentication import token_new
 from marketplace.nodes.models import Node
+from nodeagent.signer import Wallet
 from tests.factories import NodeFactory, UserFactory
 
 
@@ -34,6 +35,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             client = redis.Redis.from_url(settings.REDIS_URL)
             for key in client.scan_iter(match=f"{settings.REDIS_PREFIX}*", count=500):
                 client.delete(key)
+            node_users = f"{settings.REDIS_PREFIX.rstrip(':')}.node."
+            for user in client.execute_command("ACL", "USERS"):
+                name = user.decode() if isinstance(user, bytes) else user
+                if name.startswith(node_users):
+                    client.execute_command("ACL", "DELUSER", name)
         return
     var_dir = tmp_path_factory.mktemp("redis-var")
     server, _ = embedded_redis.start(var_dir)
@@ -63,6 +69,7 @@ class NodePersona:
     node: Node
     token: str
     client: APIClient
+    wallet: Wallet
 
 
 @pytest.fixture
@@ -91,8 +98,9 @@ def stranger(db: None) -> Persona:
 
 def make_node(operator: Any, **kwargs: Any) -> NodePersona:
     token, digest = token_new()
-    node = NodeFactory(operator=operator, token_hash=digest, **kwargs)
-    return NodePersona(node, token, _client(token, scheme="Node"))
+    wallet = Wallet.create()
+    node = NodeFactory(operator=operator, token_hash=digest, wallet_address=wallet.address.lower(), **kwargs)
+    return NodePersona(node, token, _client(token, scheme="Node"), wallet)
 
 
 @pytest.fixture

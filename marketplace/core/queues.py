@@ -19,6 +19,9 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     JOB_SPLIT = "jobs.job_split"
     JOBS_EXPIRE = "jobs.jobs_expire"
+    SCHEDULE = "jobs.schedule"
+    LEASES_EXPIRE = "jobs.leases_expire"
+    TASK_VERIFY = "jobs.task_verify"
 
 
 # The queues a marketplace worker consumes (the settlement queue gets its own single worker later).
@@ -28,4 +31,14 @@ CELERY_TASK_QUEUES = tuple(KombuQueue(q.value, routing_key=q.value) for q in Que
 CELERY_TASK_ROUTES = {
     TaskName.JOB_SPLIT.value: {"queue": Queue.SCHEDULER.value},
     TaskName.JOBS_EXPIRE.value: {"queue": Queue.SCHEDULER.value},
+    TaskName.SCHEDULE.value: {"queue": Queue.SCHEDULER.value},
+    TaskName.LEASES_EXPIRE.value: {"queue": Queue.SCHEDULER.value},
+    TaskName.TASK_VERIFY.value: {"queue": Queue.VERIFY.value},
+}
+
+# Beat: the scheduler also runs on a timer (events start it sooner), leases expire, deadlines pass.
+CELERY_BEAT_SCHEDULE = {
+    "schedule": {"task": TaskName.SCHEDULE.value, "schedule": 5.0},
+    "leases-expire": {"task": TaskName.LEASES_EXPIRE.value, "schedule": 2.0},
+    "jobs-expire": {"task": TaskName.JOBS_EXPIRE.value, "schedule": 60.0},
 }

@@ -144,6 +144,7 @@ class JobTaskListApi(APIView):
 
 class ResultOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     task_index = serializers.IntegerField(source="assignment.task.index")
+    node = serializers.UUIDField(source="assignment.node_id")
     state = serializers.CharField(source="assignment.state")
     artifact_url = serializers.SerializerMethodField()
 
@@ -153,6 +154,7 @@ class ResultOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-
             "id",
             "assignment",
             "task_index",
+            "node",
             "state",
             "sha256",
             "size",
@@ -260,3 +262,42 @@ class AssignmentResultApi(APIView):
         data.is_valid(raise_exception=True)
         result = services.result_submit(assignment_id=assignment_id, node=request.auth, **data.validated_data)
         return Response(ResultOutputNodeSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+class AssignmentReleaseApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="assignments_release",
+        request=None,
+        responses={200: AssignmentOutputSerializer, **_errors(401, 404, 409)},
+        description="Hand one open assignment back (the node is pausing); it is re-leased at once, no penalty.",
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        assignment = services.assignment_release(assignment_id=assignment_id, node=request.auth)
+        return Response(AssignmentOutputSerializer(assignment).data)
+
+
+class AssignmentFailInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    reason = serializers.CharField(max_length=2000, help_text="What went wrong (the runner's last error lines).")
+
+
+class AssignmentFailApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="assignments_fail",
+        request=AssignmentFailInputSerializer,
+        responses={200: AssignmentOutputSerializer, **_errors(400, 401, 404, 409)},
+        description="The node's runner failed: the attempt is lost and the replica is leased to another node.",
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
+        data = AssignmentFailInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        assignment = services.assignment_fail(
+            assignment_id=assignment_id, node=request.auth, reason=data.validated_data["reason"]
+        )
+        return Response(AssignmentOutputSerializer(assignment).data)

@@ -36,6 +36,10 @@ class AssignmentState(models.TextChoices):
     REJECTED = "rejected"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # The node handed the work back (shutting down, paused): re-leased at once, no mark against the node.
+    RELEASED = "released"
+    # The node's runner crashed or refused the payload: counts as an attempt and against the node on this job.
+    FAILED = "failed"
 
 
 # The allowed transitions, target ← sources. Every state change goes through these tables.
@@ -64,8 +68,16 @@ ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     AssignmentState.REJECTED: frozenset({AssignmentState.SUBMITTED}),
     AssignmentState.EXPIRED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
     AssignmentState.CANCELLED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
+    AssignmentState.RELEASED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
+    AssignmentState.FAILED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
 }
 ASSIGNMENT_OPEN = frozenset({AssignmentState.LEASED, AssignmentState.RUNNING})
+# Replicas that still count towards a task's wanted replicas.
+ASSIGNMENT_LIVE = frozenset(
+    {AssignmentState.LEASED, AssignmentState.RUNNING, AssignmentState.SUBMITTED, AssignmentState.ACCEPTED}
+)
+# Ends that cost the task an attempt (released work is not the node's fault and costs nothing).
+ASSIGNMENT_ATTEMPT_LOST = frozenset({AssignmentState.EXPIRED, AssignmentState.FAILED})
 
 
 class Job(models.Model):
@@ -103,6 +115,11 @@ class Task(models.Model):
     payload = models.JSONField()
     requirements = models.JSONField(default=dict)
     state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.PENDING, db_index=True)
+    # Leasing claims a replica with a conditional UPDATE on these counters (live < wanted), so two schedulers
+    # running at once cannot over-lease a task. Verification raises `replicas_wanted` to break a tie.
+    replicas_wanted = models.PositiveSmallIntegerField(default=1)
+    live_replicas = models.PositiveSmallIntegerField(default=0)
+    lost_attempts = models.PositiveSmallIntegerField(default=0)
     state_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -113,6 +130,21 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return f"task {self.index} of job {self.job_id} ({self.state})"
+
+
+class JobNodeBlock(models.Model):
+    """Failures of one node on one job; past a threshold the node gets no more of the job's work."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="node_blocks")
+    node = models.ForeignKey("nodes.Node", on_delete=models.CASCADE, related_name="job_blocks")
+    failures = models.PositiveSmallIntegerField(default=0)
+    blocked = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "node"], name="job_node_block_unique")]
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} on job {self.job_id}: {self.failures} failures"
 
 
 class Assignment(models.Model):

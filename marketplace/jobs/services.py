@@ -17,9 +17,8 @@ from django.utils import timezone
 
 from marketplace.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from marketplace.core.fields import UINT256_MAX
-from marketplace.jobs import kinds, selectors
+from marketplace.jobs import dispatch, kinds, selectors, signing
 from marketplace.jobs.models import (
-    ASSIGNMENT_OPEN,
     ASSIGNMENT_TRANSITIONS,
     JOB_TERMINAL,
     JOB_TRANSITIONS,
@@ -29,9 +28,16 @@ from marketplace.jobs.models import (
     JobState,
     Result,
     Task,
-    TaskState,
 )
 from marketplace.nodes.models import Node
+
+
+def schedule_request() -> None:
+    """Ask for a scheduler run soon (after commit); many requests in a burst collapse into one run."""
+    from marketplace.jobs.tasks import schedule_request as request
+
+    request()
+
 
 logger = logging.getLogger(__name__)
 
@@ -145,21 +151,12 @@ def job_split(*, job_id: UUID) -> int:
         return 0
     plans = kinds.get(job.kind).split(kinds.parse_spec(kinds.get(job.kind), job.spec))
     Task.objects.bulk_create(
-        Task(job=job, index=i, payload=plan.payload, requirements=plan.requirements) for i, plan in enumerate(plans)
+        Task(job=job, index=i, payload=plan.payload, requirements=plan.requirements, replicas_wanted=job.replication)
+        for i, plan in enumerate(plans)
     )
     job_transition(job_id=job.id, to=JobState.RUNNING, reason=f"split into {len(plans)} tasks")
+    transaction.on_commit(schedule_request)
     return len(plans)
-
-
-def _work_stop(*, job_id: UUID, reason: str) -> None:
-    """Cancel a job's unfinished tasks and revoke its open assignments (their agents get 409 at start)."""
-    now = timezone.now()
-    Task.objects.filter(job_id=job_id, state__in=[TaskState.PENDING, TaskState.RUNNING]).update(
-        state=TaskState.CANCELLED, state_reason=reason, updated_at=now
-    )
-    Assignment.objects.filter(task__job_id=job_id, state__in=ASSIGNMENT_OPEN).update(
-        state=AssignmentState.CANCELLED, state_reason=reason, finished_at=now
-    )
 
 
 @transaction.atomic
@@ -169,7 +166,7 @@ def job_cancel(*, job_id: UUID, poster: AbstractBaseUser) -> Job:
     if job is None:
         raise NotFound("No such job.")
     job_transition(job_id=job.id, to=JobState.CANCELLED, reason="cancelled by the poster")
-    _work_stop(job_id=job.id, reason="job cancelled")
+    dispatch.work_stop(job_id=job.id, reason="job cancelled")
     job.refresh_from_db()
     return job
 
@@ -184,7 +181,7 @@ def jobs_expire(*, now: datetime | None = None) -> int:
             if Job.objects.filter(id=job_id, state__in=JOB_TRANSITIONS[JobState.EXPIRED]).update(
                 state=JobState.EXPIRED, state_reason="deadline passed", finished_at=now, updated_at=now
             ):
-                _work_stop(job_id=job_id, reason="job expired")
+                dispatch.work_stop(job_id=job_id, reason="job expired")
                 expired += 1
     return expired
 
@@ -226,7 +223,8 @@ def result_submit(
         fields["sha256"] = ["Must be 64 lower-case hex digits."]
     if not SIGNATURE_RE.match(signature.strip()):
         fields["signature"] = ["Must be a 0x-prefixed 65-byte hex signature."]
-    limit = kinds.get(assignment.task.job.kind).artifact_max_bytes
+    kind_name = assignment.task.job.kind
+    limit = settings.HASHWORK["ARTIFACT_LIMITS"].get(kind_name) or kinds.get(kind_name).artifact_max_bytes
     if artifact.size is None or artifact.size > limit:
         fields["artifact"] = [f"Is {artifact.size} bytes; {assignment.task.job.kind} results are at most {limit}."]
     if fields:
@@ -236,6 +234,11 @@ def result_submit(
         digest.update(chunk)
     if digest.hexdigest() != sha256:
         raise ValidationFailed({"sha256": ["Does not match the uploaded artifact's bytes."]})
+    signer = signing.result_signer(assignment_id=assignment.id, sha256=sha256, signature=signature.strip())
+    if signer is None or signer.lower() != node.wallet_address.lower():
+        raise ValidationFailed(
+            {"signature": ["Is not the node wallet's EIP-191 signature of this assignment id and sha256."]}
+        )
     existing = Result.objects.filter(assignment=assignment).first()
     if existing is not None:
         if existing.sha256 == sha256:
@@ -248,10 +251,44 @@ def result_submit(
         raise Conflict("The lease on this assignment has expired; the result is not accepted.")
     artifact.seek(0)
     with transaction.atomic():
-        if not assignment_transition(assignment_id=assignment.id, to=AssignmentState.SUBMITTED, submitted_at=now):
+        if not dispatch.assignment_end(assignment_id=assignment.id, to=AssignmentState.SUBMITTED, submitted_at=now):
             raise Conflict("This assignment changed state while the result was uploaded.")
         result = Result(assignment=assignment, sha256=sha256, size=artifact.size, metrics=metrics, signature=signature)
         result.artifact.save(f"{assignment.id}.bin", artifact, save=False)
         result.save()
+        task_id = assignment.task_id
+        transaction.on_commit(lambda: _verify_request(task_id))
+        transaction.on_commit(schedule_request)
     logger.info("result %s stored for assignment %s of node %s", result.id, assignment.id, node.id)
     return result
+
+
+def _verify_request(task_id: UUID) -> None:
+    from marketplace.jobs.tasks import task_verify_task
+
+    task_verify_task.delay(str(task_id))
+
+
+def assignment_release(*, assignment_id: UUID, node: Node) -> Assignment:
+    """The node hands one assignment back (paused, shutting down): it is re-leased at once, no penalty."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    if not dispatch.assignment_end(
+        assignment_id=assignment.id, to=AssignmentState.RELEASED, reason="handed back by the node"
+    ):
+        assignment.refresh_from_db()
+        raise Conflict(f"This assignment is {assignment.state}; only open assignments can be handed back.")
+    transaction.on_commit(schedule_request)
+    assignment.refresh_from_db()
+    return assignment
+
+
+def assignment_fail(*, assignment_id: UUID, node: Node, reason: str) -> Assignment:
+    """The node's runner failed on this assignment: an attempt lost, and a mark against the node on this job."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    reason = reason.strip()[:500] or "the node reported a failure"
+    if not dispatch.assignment_end(assignment_id=assignment.id, to=AssignmentState.FAILED, reason=reason):
+        assignment.refresh_from_db()
+        raise Conflict(f"This assignment is {assignment.state}; only open assignments can fail.")
+    transaction.on_commit(schedule_request)
+    assignment.refresh_from_db()
+    return assignment

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.api.pagination import Pagination
+from marketplace.jobs import dispatch
 from marketplace.jobs.apis import ERRORS
+from marketplace.jobs.models import Assignment
+from marketplace.jobs.services import schedule_request
 from marketplace.nodes import services
 from marketplace.nodes.authentication import IsNode, NodeTokenAuthentication
 from marketplace.nodes.models import Node
@@ -77,8 +82,18 @@ class NodeEnrollApi(APIView):
 class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
     capabilities = serializers.DictField(required=False)
     free_slots = serializers.IntegerField(min_value=0)
+    accepting = serializers.BooleanField(default=True, help_text="False while paused or too hot: lease nothing.")
     load = serializers.FloatField(required=False, min_value=0)
-    running = serializers.ListField(child=serializers.UUIDField(), default=list)
+    running = serializers.ListField(
+        child=serializers.UUIDField(), default=list, max_length=256, help_text="Assignments running now."
+    )
+
+
+class NodeHeartbeatOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    node = NodeOutputSerializer()
+    revoked = serializers.ListField(
+        child=serializers.UUIDField(), help_text="Reported assignments the node no longer holds: stop them."
+    )
 
 
 class NodeHeartbeatApi(APIView):
@@ -88,17 +103,72 @@ class NodeHeartbeatApi(APIView):
     @extend_schema(
         operation_id="nodes_heartbeat",
         request=NodeHeartbeatInputSerializer,
-        responses={200: NodeOutputSerializer, 400: ERRORS[400], 401: ERRORS[401]},
+        responses={200: NodeHeartbeatOutputSerializer, 400: ERRORS[400], 401: ERRORS[401]},
+        description="The agent is alive: record what it reports and extend the leases of what it runs.",
     )
     def post(self, request: Request) -> Response:
         data = NodeHeartbeatInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        node = services.node_heartbeat(
+        beat = services.node_heartbeat(
             node=request.auth,
             capabilities=data.validated_data.get("capabilities"),
             free_slots=data.validated_data["free_slots"],
+            accepting=data.validated_data["accepting"],
+            running=data.validated_data["running"],
         )
-        return Response(NodeOutputSerializer(node).data)
+        return Response(NodeHeartbeatOutputSerializer({"node": beat.node, "revoked": beat.revoked}).data)
+
+
+class NodeReleaseInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    accepting = serializers.BooleanField(default=False, help_text="Whether to keep leasing new work to the node.")
+
+
+class NodeReleaseOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    released = serializers.IntegerField()
+
+
+class NodeReleaseApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="nodes_release",
+        request=NodeReleaseInputSerializer,
+        responses={200: NodeReleaseOutputSerializer, 400: ERRORS[400], 401: ERRORS[401]},
+        description="Hand back every open assignment of the node (it is shutting down); they are re-leased at once.",
+    )
+    def post(self, request: Request) -> Response:
+        data = NodeReleaseInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        released = dispatch.node_release(node=request.auth, accepting=data.validated_data["accepting"])
+        transaction.on_commit(schedule_request)
+        return Response({"released": released})
+
+
+class NodeAssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    job = serializers.UUIDField(source="task.job_id")
+    kind = serializers.CharField(source="task.job.kind")
+    task_index = serializers.IntegerField(source="task.index")
+
+    class Meta:
+        model = Assignment
+        fields = ["id", "job", "kind", "task_index", "state", "state_reason", "leased_at", "started_at", "finished_at"]
+
+
+class NodeAssignmentListApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="nodes_me_assignments_list",
+        responses={200: NodeAssignmentOutputSerializer(many=True), 401: ERRORS[401]},
+        description="This node's assignments, newest first.",
+    )
+    def get(self, request: Request) -> Response:
+        assignments = Assignment.objects.filter(node=request.auth).select_related("task__job").order_by("-leased_at")
+        paginator = Pagination()
+        page = paginator.paginate_queryset(assignments, request, view=self)
+        return paginator.get_paginated_response(NodeAssignmentOutputSerializer(page, many=True).data)
 
 
 class NodeMeApi(APIView):

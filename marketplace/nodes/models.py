@@ -18,6 +18,10 @@ class Node(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, help_text="sha256 of the node's API secret.")
     capabilities = models.JSONField(default=dict)
     slots = models.PositiveSmallIntegerField(default=1)
+    # Leased + running assignments; leasing increments it only while it is below `slots` (conditional UPDATE).
+    busy_slots = models.PositiveSmallIntegerField(default=0)
+    accepting = models.BooleanField(default=True, help_text="False while the agent is paused or too hot.")
+    broker_username = models.CharField(max_length=96, blank=True, default="")
     min_price = models.JSONField(default=dict, help_text="{kind: minimum price per replica in base units}.")
     is_active = models.BooleanField(default=True, help_text="Removed or banned nodes are inactive.")
     last_heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)

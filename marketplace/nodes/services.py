@@ -6,6 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -13,7 +14,9 @@ from django.utils import timezone
 
 from marketplace.core.exceptions import ValidationFailed
 from marketplace.core.fields import UINT256_MAX
-from marketplace.jobs import kinds
+from marketplace.jobs import dispatch, kinds
+from marketplace.jobs.services import schedule_request
+from marketplace.nodes import broker
 from marketplace.nodes.authentication import token_new
 from marketplace.nodes.models import Node
 
@@ -80,29 +83,51 @@ def node_enroll(
             )
     except IntegrityError:
         raise ValidationFailed({"name": [f"You already have a node named {name!r}."]}) from None
+    username, broker_url, prefix = broker.broker_user_create(node_id=node.id)
+    Node.objects.filter(id=node.id).update(broker_username=username)
+    node.broker_username = username
     logger.info("node %s enrolled by operator %s", node.id, operator.pk)
-    # Per-node broker credentials are created by the dispatch layer; until then the node has none.
-    return Enrolment(node=node, token=token, broker_url=None, broker_prefix=None)
+    return Enrolment(node=node, token=token, broker_url=broker_url, broker_prefix=prefix)
 
 
-def node_heartbeat(*, node: Node, capabilities: dict[str, Any] | None, free_slots: int) -> Node:
-    """Record that `node` is alive, with what it reports about itself."""
+@dataclass(frozen=True)
+class Heartbeat:
+    node: Node
+    revoked: list[UUID]
+
+
+def node_heartbeat(
+    *,
+    node: Node,
+    capabilities: dict[str, Any] | None,
+    free_slots: int,
+    accepting: bool = True,
+    running: list[UUID] | None = None,
+) -> Heartbeat:
+    """Record that `node` is alive, with what it reports; extend the leases it is running. The reply names
+    the reported assignments it no longer holds (cancelled, expired), so the agent can stop them."""
     if not 0 <= free_slots <= node.slots:
         raise ValidationFailed({"free_slots": [f"Must be between 0 and the node's {node.slots} slots."]})
     now = timezone.now()
-    updates: dict[str, Any] = {"last_heartbeat": now}
+    updates: dict[str, Any] = {"last_heartbeat": now, "accepting": accepting}
     if capabilities is not None:
         updates["capabilities"] = capabilities
     Node.objects.filter(id=node.id).update(**updates)
-    node.last_heartbeat = now
-    if capabilities is not None:
-        node.capabilities = capabilities
-    return node
+    revoked = dispatch.leases_extend(node=node, assignment_ids=running or [])
+    node.refresh_from_db()
+    if accepting and free_slots > 0:
+        transaction.on_commit(schedule_request)
+    return Heartbeat(node=node, revoked=revoked)
 
 
 def node_deactivate(*, node_id: Any, reason: str) -> bool:
-    """Remove or ban a node: it can no longer authenticate or be leased work."""
-    changed = Node.objects.filter(id=node_id, is_active=True).update(is_active=False)
-    if changed:
+    """Remove or ban a node: it can no longer authenticate, reach the broker or be leased work; its open
+    assignments go back to the pool."""
+    changed = Node.objects.filter(id=node_id, is_active=True).update(is_active=False, accepting=False)
+    node = Node.objects.filter(id=node_id).first()
+    if changed and node is not None:
+        broker.broker_user_delete(username=node.broker_username)
+        dispatch.node_release(node=node, accepting=False)
+        transaction.on_commit(schedule_request)
         logger.info("node %s deactivated: %s", node_id, reason)
     return bool(changed)

@@ -26,7 +26,9 @@ class Kind:
     spec_model: type[BaseModel]
     task_count: Callable[[Any], int]
     split: Callable[[Any], list[TaskPlan]]
-    # Decides replica outcomes from their results' metrics; see the kind's module for the contract.
+    # The comparable value of one result (raises ValueError if the result is malformed) and the decision over
+    # a task's replicas' values: verify({assignment id: value}, quorum=N) -> Verdict.
+    result_value: Callable[[Any], Any]
     verify: Callable[..., Any]
     artifact_max_bytes: int = 16 * 1024 * 1024
     start_window_seconds: int = 60

@@ -3,9 +3,11 @@ measure nodes. The runner is nodeagent.runners.benchmark."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,6 +51,19 @@ class Verdict:
     needs_another_replica: bool
 
 
+def result_value(result: Any) -> str:
+    """The checksum a node signed: the artifact is the runner's JSON output."""
+    with result.artifact.open("rb") as artifact:
+        raw = artifact.read(64 * 1024 + 1)
+    try:
+        checksum = json.loads(raw)["checksum"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError("the artifact is not the benchmark runner's JSON with a checksum") from exc
+    if not isinstance(checksum, str) or len(checksum) != 64:
+        raise ValueError("the checksum is not a sha256 hex digest")
+    return checksum
+
+
 def verify(checksums: dict[str, str], quorum: int = 2) -> Verdict:
     """Decide a task from its replicas' checksums ({assignment id: checksum}).
 
@@ -70,6 +85,7 @@ KIND = register(
         spec_model=BenchmarkSpec,
         task_count=task_count,
         split=split,
+        result_value=result_value,
         verify=verify,
         artifact_max_bytes=64 * 1024,
         start_window_seconds=30,

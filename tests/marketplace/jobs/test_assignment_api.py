@@ -12,13 +12,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from marketplace.jobs import signing
 from marketplace.jobs.models import Assignment, AssignmentState, JobState, Result
+from nodeagent.signer import Wallet, result_message
 from tests.factories import AssignmentFactory, JobFactory, TaskFactory
 
 pytestmark = pytest.mark.django_db
-
-SIGNATURE = "0x" + "ab" * 65
-
 
 @pytest.fixture
 def assignment(node: Any) -> Assignment:
@@ -26,15 +25,16 @@ def assignment(node: Any) -> Assignment:
     return AssignmentFactory(task=TaskFactory(job=job), node=node.node)
 
 
-def _upload(client: Any, assignment: Assignment, data: bytes = b'{"checksum": "x"}', **overrides: Any) -> Any:
+def _upload(node: Any, assignment: Assignment, data: bytes = b'{"checksum": "x"}', **overrides: Any) -> Any:
+    sha256 = hashlib.sha256(data).hexdigest()
     body = {
         "artifact": SimpleUploadedFile("result.json", data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "signature": SIGNATURE,
+        "sha256": sha256,
+        "signature": node.wallet.sign_result(str(assignment.id), sha256),
         "metrics": json.dumps({"checksum": "x"}),
     }
     body.update(overrides)
-    return client.post(f"/api/assignments/{assignment.id}/result/", body, format="multipart")
+    return node.client.post(f"/api/assignments/{assignment.id}/result/", body, format="multipart")
 
 
 def test_a_node_starts_its_leased_assignment(node: Any, assignment: Assignment) -> None:
@@ -69,16 +69,16 @@ def test_starting_after_the_poster_cancelled_the_job_is_a_409(node: Any, assignm
 
 def test_a_running_assignment_takes_a_result_once(node: Any, assignment: Assignment) -> None:
     Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
-    first = _upload(node.client, assignment)
+    first = _upload(node, assignment)
     assert first.status_code == 201, first.json()
     assert Assignment.objects.get(id=assignment.id).state == AssignmentState.SUBMITTED
     result = Result.objects.get()
     assert result.metrics == {"checksum": "x"}
     assert result.artifact.read() == b'{"checksum": "x"}'
-    again = _upload(node.client, assignment)
+    again = _upload(node, assignment)
     assert again.status_code == 201
     assert again.json()["id"] == first.json()["id"]
-    different = _upload(node.client, assignment, data=b"other bytes")
+    different = _upload(node, assignment, data=b"other bytes")
     assert different.status_code == 409
     assert Result.objects.count() == 1
 
@@ -99,16 +99,44 @@ def test_bad_result_input_is_named_and_nothing_is_stored(
     node: Any, assignment: Assignment, overrides: dict[str, Any], field: str
 ) -> None:
     Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
-    response = _upload(node.client, assignment, **overrides)
+    response = _upload(node, assignment, **overrides)
     assert response.status_code == 400, response.json()
     assert field in response.json()["extra"]["fields"]
     assert not Result.objects.exists()
     assert Assignment.objects.get(id=assignment.id).state == AssignmentState.RUNNING
 
 
+def test_a_result_signed_by_another_wallet_is_refused(node: Any, assignment: Assignment) -> None:
+    Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
+    data = b'{"checksum": "x"}'
+    forged = Wallet.create().sign_result(str(assignment.id), hashlib.sha256(data).hexdigest())
+    response = _upload(node, assignment, data=data, signature=forged)
+    assert response.status_code == 400
+    assert "signature" in response.json()["extra"]["fields"]
+    assert not Result.objects.exists()
+    assert Assignment.objects.get(id=assignment.id).state == AssignmentState.RUNNING
+
+
+def test_a_signature_over_other_bytes_is_refused(node: Any, assignment: Assignment) -> None:
+    Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
+    other = node.wallet.sign_result(str(assignment.id), hashlib.sha256(b"other").hexdigest())
+    response = _upload(node, assignment, signature=other)
+    assert response.status_code == 400
+    assert "signature" in response.json()["extra"]["fields"]
+    assert not Result.objects.exists()
+
+
+def test_the_agent_and_the_marketplace_agree_on_what_is_signed() -> None:
+    assert signing.result_message(assignment_id="a1", sha256="ff") == result_message("a1", "ff")
+    wallet = Wallet.create()
+    assert signing.result_signer(assignment_id="a1", sha256="ff", signature=wallet.sign_result("a1", "ff")) == (
+        wallet.address
+    )
+
+
 def test_an_oversized_artifact_is_refused(node: Any, assignment: Assignment) -> None:
     Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
-    response = _upload(node.client, assignment, data=b"x" * (64 * 1024 + 1))
+    response = _upload(node, assignment, data=b"x" * (64 * 1024 + 1))
     assert response.status_code == 400
     assert "at most" in response.json()["extra"]["fields"]["artifact"][0]
     assert not Result.objects.exists()
@@ -118,13 +146,13 @@ def test_a_result_after_the_lease_expired_is_refused(node: Any, assignment: Assi
     Assignment.objects.filter(id=assignment.id).update(
         state=AssignmentState.RUNNING, lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    response = _upload(node.client, assignment)
+    response = _upload(node, assignment)
     assert response.status_code == 409
     assert "expired" in response.json()["message"]
     assert not Result.objects.exists()
 
 
 def test_a_result_for_an_assignment_that_never_started_is_refused(node: Any, assignment: Assignment) -> None:
-    response = _upload(node.client, assignment)
+    response = _upload(node, assignment)
     assert response.status_code == 409
     assert not Result.objects.exists()

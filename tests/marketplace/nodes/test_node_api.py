@@ -70,7 +70,8 @@ def test_a_heartbeat_makes_the_node_online_and_updates_its_capabilities(node: An
         "/api/nodes/heartbeat/", {"free_slots": 1, "capabilities": {"cpu_cores": 4}}, format="json"
     )
     assert response.status_code == 200
-    assert response.json()["is_online"] is True
+    assert response.json()["node"]["is_online"] is True
+    assert response.json()["revoked"] == []
     refreshed = Node.objects.get(id=node.node.id)
     assert refreshed.is_online
     assert refreshed.capabilities == {"cpu_cores": 4}

@@ -1,0 +1,293 @@
+"""Leasing task replicas to nodes and ending leases. Every claim is a conditional UPDATE on a counter
+(a node's busy slots, a task's live replicas), so concurrent schedulers can never over-lease."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from marketplace.jobs import kinds
+from marketplace.jobs.models import (
+    ASSIGNMENT_ATTEMPT_LOST,
+    ASSIGNMENT_LIVE,
+    ASSIGNMENT_OPEN,
+    ASSIGNMENT_TRANSITIONS,
+    JOB_TRANSITIONS,
+    Assignment,
+    AssignmentState,
+    Job,
+    JobNodeBlock,
+    JobState,
+    Task,
+    TaskState,
+)
+from marketplace.nodes import broker
+from marketplace.nodes.models import Node
+from marketplace.nodes.selectors import nodes_online
+
+logger = logging.getLogger(__name__)
+
+LEASABLE_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING)
+
+
+def lease_windows(kind_name: str) -> tuple[int, int]:
+    """(start window, lease) in seconds for a kind, with the settings' overrides applied."""
+    kind = kinds.get(kind_name)
+    start = settings.HASHWORK["START_WINDOW_SECONDS"] or kind.start_window_seconds
+    lease = settings.HASHWORK["LEASE_SECONDS"] or kind.lease_seconds
+    return start, lease
+
+
+def capabilities_satisfy(requirements: dict[str, Any], capabilities: dict[str, Any]) -> bool:
+    """Whether a node reporting `capabilities` (nodeagent probe) can run a task needing `requirements`."""
+    gpus_needed = int(requirements.get("gpus", 0) or 0)
+    if gpus_needed:
+        min_vram = int(requirements.get("min_vram_mb", 0) or 0)
+        gpus = [g for g in capabilities.get("gpus") or [] if int(g.get("vram_mb", 0) or 0) >= min_vram]
+        usable = min(len(gpus), int(capabilities.get("max_gpus", len(gpus)) or 0))
+        if usable < gpus_needed:
+            return False
+    if int(capabilities.get("cpu_cores", 0) or 0) < int(requirements.get("cpu_cores", 0) or 0):
+        return False
+    if int(capabilities.get("ram_mb", 0) or 0) < int(requirements.get("ram_mb", 0) or 0):
+        return False
+    software = capabilities.get("software") or {}
+    return all(software.get(name) for name in requirements.get("software") or [])
+
+
+def _price_ok(job: Job, node: Node) -> bool:
+    minimum = node.min_price.get(job.kind)
+    return minimum is None or int(minimum) <= job.price_per_replica
+
+
+class _NoLease(Exception):
+    """Roll back a half-made claim."""
+
+
+@dataclass(frozen=True)
+class LeaseOutcome:
+    assignment: Assignment | None
+    node_full: bool = False
+
+
+def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> LeaseOutcome:
+    """Claim one replica of `task` for `node`, or nothing if either has no room left."""
+    now = now or timezone.now()
+    job = task.job
+    start, lease = lease_windows(job.kind)
+    try:
+        with transaction.atomic():
+            # Lock order everywhere: node, then task.
+            if not Node.objects.filter(id=node.id, is_active=True, accepting=True, busy_slots__lt=F("slots")).update(
+                busy_slots=F("busy_slots") + 1
+            ):
+                return LeaseOutcome(None, node_full=True)
+            if not Task.objects.filter(
+                id=task.id, state__in=LEASABLE_TASK_STATES, live_replicas__lt=F("replicas_wanted")
+            ).update(live_replicas=F("live_replicas") + 1, state=TaskState.RUNNING, updated_at=now):
+                raise _NoLease
+            if not Job.objects.filter(id=job.id, state=JobState.RUNNING).exists():
+                raise _NoLease
+            attempt = Assignment.objects.filter(task_id=task.id).count() + 1
+            try:
+                with transaction.atomic():
+                    assignment = Assignment.objects.create(
+                        task=task,
+                        node=node,
+                        attempt=attempt,
+                        start_by=now + timedelta(seconds=start),
+                        lease_expires_at=now + timedelta(seconds=lease),
+                    )
+            except IntegrityError:
+                # This node already had a replica of this task: replicas must be on different nodes.
+                raise _NoLease from None
+            message = assignment_message(assignment=assignment, task=task, job=job)
+            transaction.on_commit(lambda: broker.assignment_publish(node_id=node.id, message=message))
+    except _NoLease:
+        return LeaseOutcome(None)
+    logger.info("assignment %s: task %s of job %s leased to node %s", assignment.id, task.index, job.id, node.id)
+    return LeaseOutcome(assignment)
+
+
+def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[str, Any]:
+    """The wire format the node agent receives (JSON)."""
+    return {
+        "assignment_id": str(assignment.id),
+        "job_id": str(job.id),
+        "task_index": task.index,
+        "kind": job.kind,
+        "payload": task.payload,
+        "input_urls": [],
+        "start_by": assignment.start_by.isoformat(),
+        "lease_expires_at": assignment.lease_expires_at.isoformat(),
+    }
+
+
+def _node_order(nodes: list[Node]) -> list[Node]:
+    # Prefer proven nodes: long runs of valid results, then fewer invalid ones.
+    return sorted(nodes, key=lambda n: (-n.consecutive_valid, n.invalid_count, -n.valid_count, str(n.id)))
+
+
+def schedule(*, limit: int = 1000) -> list[UUID]:
+    """Lease pending replicas to online nodes with room, the right capabilities and an acceptable price."""
+    nodes = _node_order(list(nodes_online().filter(accepting=True, busy_slots__lt=F("slots"))))
+    if not nodes:
+        return []
+    tasks = list(
+        Task.objects.filter(
+            job__state=JobState.RUNNING,
+            state__in=LEASABLE_TASK_STATES,
+            live_replicas__lt=F("replicas_wanted"),
+        )
+        .select_related("job")
+        .order_by("job__created_at", "index")[:limit]
+    )
+    if not tasks:
+        return []
+    task_ids = [t.id for t in tasks]
+    taken = set(Assignment.objects.filter(task_id__in=task_ids).values_list("task_id", "node_id"))
+    blocked = set(
+        JobNodeBlock.objects.filter(job_id__in={t.job_id for t in tasks}, blocked=True).values_list("job_id", "node_id")
+    )
+    room = {n.id: n.slots - n.busy_slots for n in nodes}
+    leased: list[UUID] = []
+    for task in tasks:
+        wanted = task.replicas_wanted - task.live_replicas
+        for node in nodes:
+            if wanted <= 0:
+                break
+            if room[node.id] <= 0 or (task.id, node.id) in taken or (task.job_id, node.id) in blocked:
+                continue
+            if not _price_ok(task.job, node) or not capabilities_satisfy(task.requirements, node.capabilities):
+                continue
+            outcome = assignment_lease(task=task, node=node)
+            if outcome.node_full:
+                room[node.id] = 0
+            elif outcome.assignment is not None:
+                room[node.id] -= 1
+                wanted -= 1
+                taken.add((task.id, node.id))
+                leased.append(outcome.assignment.id)
+            else:
+                break  # the task filled up under us
+        if not any(r > 0 for r in room.values()):
+            break
+    return leased
+
+
+def assignment_end(*, assignment_id: UUID, to: str, reason: str = "", **fields: Any) -> bool:
+    """Move an assignment to a later state and settle the counters it held; False if it had moved already."""
+    now = timezone.now()
+    with transaction.atomic():
+        current = Assignment.objects.filter(id=assignment_id).values("state", "task_id", "node_id").first()
+        if current is None or current["state"] not in ASSIGNMENT_TRANSITIONS[to]:
+            return False
+        updates: dict[str, Any] = {"state": to, **fields}
+        if reason:
+            updates["state_reason"] = reason
+        if to != AssignmentState.SUBMITTED:
+            updates.setdefault("finished_at", now)
+        if not Assignment.objects.filter(id=assignment_id, state=current["state"]).update(**updates):
+            return False  # someone else moved it first; they settle the counters
+        node_id, task_id = current["node_id"], current["task_id"]
+        if current["state"] in ASSIGNMENT_OPEN:
+            Node.objects.filter(id=node_id, busy_slots__gt=0).update(busy_slots=F("busy_slots") - 1)
+        if to not in ASSIGNMENT_LIVE:
+            Task.objects.filter(id=task_id, live_replicas__gt=0).update(live_replicas=F("live_replicas") - 1)
+        if to in ASSIGNMENT_ATTEMPT_LOST:
+            _attempt_lost(task_id=task_id, node_id=node_id, expired=to == AssignmentState.EXPIRED, reason=reason)
+    return True
+
+
+def _attempt_lost(*, task_id: UUID, node_id: UUID, expired: bool, reason: str) -> None:
+    node_updates: dict[str, Any] = {"consecutive_valid": 0}
+    if expired:
+        node_updates["expired_count"] = F("expired_count") + 1
+    Node.objects.filter(id=node_id).update(**node_updates)
+    Task.objects.filter(id=task_id).update(lost_attempts=F("lost_attempts") + 1)
+    task = Task.objects.select_related("job").get(id=task_id)
+    block, _ = JobNodeBlock.objects.get_or_create(job_id=task.job_id, node_id=node_id)
+    JobNodeBlock.objects.filter(id=block.id).update(failures=F("failures") + 1)
+    block.refresh_from_db()
+    if block.failures >= settings.HASHWORK["JOB_NODE_MAX_FAILURES"] and not block.blocked:
+        JobNodeBlock.objects.filter(id=block.id).update(blocked=True)
+        logger.warning("node %s blocked from job %s after %d failures", node_id, task.job_id, block.failures)
+    if task.lost_attempts >= settings.HASHWORK["MAX_LOST_ATTEMPTS"] and task.state in LEASABLE_TASK_STATES:
+        task_fail(task=task, reason=f"{task.lost_attempts} attempts expired or failed; last: {reason or 'no reason'}")
+
+
+def task_fail(*, task: Task, reason: str) -> None:
+    """A task that cannot be done fails its job: nothing more of the job is leased."""
+    if Task.objects.filter(id=task.id, state__in=LEASABLE_TASK_STATES).update(
+        state=TaskState.FAILED, state_reason=reason, updated_at=timezone.now()
+    ):
+        logger.warning("task %s of job %s failed: %s", task.index, task.job_id, reason)
+        job_reason = f"task {task.index} failed: {reason}"
+        if Job.objects.filter(id=task.job_id, state__in=JOB_TRANSITIONS[JobState.FAILED]).update(
+            state=JobState.FAILED, state_reason=job_reason, finished_at=timezone.now(), updated_at=timezone.now()
+        ):
+            work_stop(job_id=task.job_id, reason="job failed")
+
+
+def work_stop(*, job_id: UUID, reason: str) -> None:
+    """Cancel a job's unfinished tasks and revoke its open assignments (their agents get 409 at start)."""
+    now = timezone.now()
+    Task.objects.filter(job_id=job_id, state__in=LEASABLE_TASK_STATES).update(
+        state=TaskState.CANCELLED, state_reason=reason, updated_at=now
+    )
+    for assignment_id in list(
+        Assignment.objects.filter(task__job_id=job_id, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
+    ):
+        assignment_end(assignment_id=assignment_id, to=AssignmentState.CANCELLED, reason=reason)
+
+
+def assignments_expire(*, now: datetime | None = None) -> int:
+    """Expire leases not started in their window or not submitted in time; returns how many."""
+    now = now or timezone.now()
+    overdue = Assignment.objects.filter(
+        Q(state=AssignmentState.LEASED, start_by__lt=now) | Q(state__in=ASSIGNMENT_OPEN, lease_expires_at__lt=now)
+    ).values_list("id", "state")
+    expired = 0
+    for assignment_id, state in list(overdue):
+        why = "not started within its start window" if state == AssignmentState.LEASED else "lease ran out"
+        if assignment_end(assignment_id=assignment_id, to=AssignmentState.EXPIRED, reason=why):
+            expired += 1
+            logger.info("assignment %s expired: %s", assignment_id, why)
+    return expired
+
+
+def leases_extend(*, node: Node, assignment_ids: list[UUID]) -> list[UUID]:
+    """Heartbeat: extend the running leases the node reports; return the reported ids it no longer holds."""
+    now = timezone.now()
+    held = Assignment.objects.filter(id__in=assignment_ids, node=node, state=AssignmentState.RUNNING).select_related(
+        "task__job"
+    )
+    alive: set[UUID] = set()
+    for assignment in held:
+        _, lease = lease_windows(assignment.task.job.kind)
+        Assignment.objects.filter(id=assignment.id, state=AssignmentState.RUNNING).update(
+            lease_expires_at=now + timedelta(seconds=lease)
+        )
+        alive.add(assignment.id)
+    return [a for a in assignment_ids if a not in alive]
+
+
+def node_release(*, node: Node, accepting: bool) -> int:
+    """The node hands back all its open work (shutting down or pausing); it is re-leased at once."""
+    Node.objects.filter(id=node.id).update(accepting=accepting)
+    released = 0
+    for assignment_id in list(
+        Assignment.objects.filter(node=node, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
+    ):
+        if assignment_end(assignment_id=assignment_id, to=AssignmentState.RELEASED, reason="handed back by the node"):
+            released += 1
+    logger.info("node %s handed back %d assignments (accepting=%s)", node.id, released, accepting)
+    return released

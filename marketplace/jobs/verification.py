@@ -1,0 +1,109 @@
+"""Verifying submitted results by replica agreement: accept the majority, reject the odd one out, ask for one
+more replica on another node when there is no majority yet; update reputations; complete tasks and jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from marketplace.jobs import kinds
+from marketplace.jobs.dispatch import assignment_end, task_fail
+from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result, Task, TaskState
+from marketplace.nodes.models import Node
+
+logger = logging.getLogger(__name__)
+
+
+def _accept(assignment_id: UUID, node_id: UUID) -> None:
+    if assignment_end(assignment_id=assignment_id, to=AssignmentState.ACCEPTED, reason="agrees with the quorum"):
+        Node.objects.filter(id=node_id).update(
+            valid_count=F("valid_count") + 1, consecutive_valid=F("consecutive_valid") + 1
+        )
+
+
+def _reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
+    if assignment_end(assignment_id=assignment_id, to=AssignmentState.REJECTED, reason=reason):
+        Node.objects.filter(id=node_id).update(invalid_count=F("invalid_count") + 1, consecutive_valid=0)
+        logger.warning("assignment %s of node %s rejected: %s", assignment_id, node_id, reason)
+
+
+def task_verify(*, task_id: UUID) -> str:
+    """Decide what can be decided about a task's submitted replicas; returns the task's state afterwards."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().select_related("job").filter(id=task_id).first()
+        if task is None:
+            logger.warning("task %s vanished before verification", task_id)
+            return "missing"
+        kind = kinds.get(task.job.kind)
+        results = list(
+            Result.objects.filter(
+                assignment__task_id=task.id,
+                assignment__state__in=[AssignmentState.SUBMITTED, AssignmentState.ACCEPTED],
+            ).select_related("assignment")
+        )
+        values: dict[str, Any] = {}
+        for result in results:
+            try:
+                values[str(result.assignment_id)] = kind.result_value(result)
+            except ValueError as exc:
+                _reject(result.assignment_id, result.assignment.node_id, f"malformed result: {exc}")
+        nodes = {str(r.assignment_id): r.assignment.node_id for r in results}
+        states = {str(r.assignment_id): r.assignment.state for r in results}
+        quorum = min(2, task.job.replication)
+
+        if task.state == TaskState.COMPLETED:
+            # A late replica: it must agree with what was accepted.
+            accepted = {values[a] for a in values if states[a] == AssignmentState.ACCEPTED}
+            for a, value in values.items():
+                if states[a] == AssignmentState.SUBMITTED:
+                    if value in accepted:
+                        _accept(UUID(a), nodes[a])
+                    else:
+                        _reject(UUID(a), nodes[a], "differs from the accepted result")
+            return task.state
+        if task.state != TaskState.RUNNING:
+            return task.state
+
+        verdict = kind.verify(values, quorum=quorum)
+        if not verdict.needs_another_replica:
+            for a in verdict.accepted:
+                _accept(UUID(a), nodes[a])
+            for a in verdict.rejected:
+                _reject(UUID(a), nodes[a], "differs from the majority of replicas")
+            Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
+            transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
+            return TaskState.COMPLETED
+
+        open_replicas = Assignment.objects.filter(
+            task_id=task.id, state__in=[AssignmentState.LEASED, AssignmentState.RUNNING]
+        ).exists()
+        if not open_replicas and len(values) >= task.replicas_wanted:
+            limit = task.job.replication + settings.HASHWORK["MAX_EXTRA_REPLICAS"]
+            if task.replicas_wanted >= limit:
+                task_fail(task=task, reason=f"{len(values)} replicas never reached a quorum of {quorum}")
+                return TaskState.FAILED
+            # No majority yet: one more replica, on another node, decides.
+            Task.objects.filter(id=task.id).update(replicas_wanted=F("replicas_wanted") + 1)
+            logger.info("task %s of job %s: replicas disagree, leasing one more", task.index, task.job_id)
+        return task.state
+
+
+def job_complete_if_done(*, job_id: UUID) -> bool:
+    """A running job whose every task is completed is completed."""
+    if Task.objects.filter(job_id=job_id).exclude(state=TaskState.COMPLETED).exists():
+        return False
+    done = Job.objects.filter(id=job_id, state=JobState.RUNNING).update(
+        state=JobState.COMPLETED,
+        state_reason="every task verified",
+        finished_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    if done:
+        logger.info("job %s completed", job_id)
+    return bool(done)
