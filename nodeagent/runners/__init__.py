@@ -1,13 +1,15 @@
-"""Runners by job kind: each takes an assignment payload and returns the result's metrics."""
+"""Runners by job kind: each takes an assignment payload and a private working directory and returns the
+result's metrics; a runner may write its artifact to WORKDIR/artifact (otherwise the metrics are the artifact)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from nodeagent.runners import benchmark
 
-Runner = Callable[[dict[str, Any]], dict[str, Any]]
+Runner = Callable[[dict[str, Any], Path], dict[str, Any]]
 
 RUNNERS: dict[str, Runner] = {"benchmark": benchmark.run}
 

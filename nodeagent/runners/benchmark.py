@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,8 @@ def matrices(matrix_size: int, seed: int, index: int) -> tuple[np.ndarray[Any, A
     return a, b
 
 
-def run(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one benchmark task; `payload` is {"matrix_size", "seed", "index"}."""
+def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
+    """Run one benchmark task; `payload` is {"matrix_size", "seed", "index"}. The metrics are the artifact."""
     n = int(payload["matrix_size"])
     a, b = matrices(n, int(payload["seed"]), int(payload["index"]))
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from tests.factories import AssignmentFactory, JobFactory, TaskFactory
 
 pytestmark = pytest.mark.django_db
 
+
 @pytest.fixture
 def assignment(node: Any) -> Assignment:
     job = JobFactory(state=JobState.RUNNING)

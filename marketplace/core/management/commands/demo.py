@@ -7,8 +7,10 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+import uuid
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,9 +28,13 @@ from marketplace.core import embedded_redis
 from marketplace.core.processes import ChildDied, Supervisor
 from marketplace.core.queues import MARKETPLACE_QUEUES
 from marketplace.jobs import services
-from marketplace.jobs.models import Job, JobState
+from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job, JobState
+from marketplace.nodes.models import Node
+from marketplace.nodes.services import node_deactivate
 
 DEMO_POSTER = "demo-poster"
+DEMO_OPERATOR = "demo-operator"
+DEMO_AGENTS = 2
 SAMPLE_JOB: dict[str, Any] = {
     "kind": "benchmark",
     "spec": {"tasks": 8, "matrix_size": 256, "seed": 2026},
@@ -72,14 +78,14 @@ def _request(url: str, *, token: str | None = None, body: dict[str, Any] | None 
 class Command(BaseCommand):
     help = (
         "Run Hashwork locally on embedded defaults: start the embedded Redis (unless REDIS_URL is set), the web "
-        "server and a marketplace Celery worker; create a demo poster with an API token; post a sample benchmark "
-        "job through the API and fund it with the dev service; print the URL, token and job id. Runs until "
-        "Ctrl-C (or with --headless, exits 0 once the job is posted and split into tasks), then stops every "
-        "process it started."
+        "server, a marketplace Celery worker and beat; enrol and start two local node agents; post a sample "
+        "benchmark job through the API as a demo poster, fund it with the dev service and follow it until every "
+        "task is verified; print the URL, token and job id. Runs until Ctrl-C (with --headless, exits 0 once "
+        "the job has completed), then stops every process it started."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--headless", action="store_true", help="Exit once the sample job is posted and split.")
+        parser.add_argument("--headless", action="store_true", help="Exit 0 once the sample job has completed.")
         parser.add_argument(
             "--port",
             type=int,
@@ -113,9 +119,11 @@ class Command(BaseCommand):
             redis_url, started_redis = self._redis(var_dir)
             call_command("migrate", interactive=False, verbosity=0)
             base_url = self._start_processes(supervisor, redis_url=redis_url, port=port, timeout=timeout)
-            token = self._demo_poster()
+            token = self._demo_user(DEMO_POSTER)
+            self._start_agents(supervisor, base_url=base_url, timeout=timeout)
             job_id = self._post_sample_job(base_url, token)
             self._fund_and_wait(job_id, supervisor, timeout)
+            self._follow(job_id, supervisor, timeout)
             self.say("")
             self.say(f"  Marketplace  {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
             self.say(f"  API token    {token}   (user {DEMO_POSTER})", self.style.SUCCESS)
@@ -123,7 +131,7 @@ class Command(BaseCommand):
             self.say(f"  Try:  curl -H 'Authorization: Token {token}' {base_url}/api/jobs/{job_id}/")
             self.say(f"  Logs: {supervisor.log_dir}")
             if headless:
-                self.say("Headless demo finished: the sample job is posted, funded and split into tasks.")
+                self.say("Headless demo finished: the sample job ran on two local nodes and was verified.")
                 return
             self.say("Running. Press Ctrl-C to stop.")
             while True:
@@ -181,8 +189,10 @@ class Command(BaseCommand):
              "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"marketplace-{os.getpid()}@%h"],
             env,
         )  # fmt: skip
+        supervisor.start("beat", [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO"], env)
+        self.env = env
         base_url = f"http://127.0.0.1:{port}"
-        self.say(f"Starting the web server on {base_url} and a marketplace worker…")
+        self.say(f"Starting the web server on {base_url}, a marketplace worker and beat…")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             supervisor.check()
@@ -195,9 +205,9 @@ class Command(BaseCommand):
             time.sleep(0.2)
         raise CommandError(f"The web server did not answer on {base_url} within {timeout:.0f}s; see var/logs/web.log.")
 
-    def _demo_poster(self) -> str:
+    def _demo_user(self, username: str) -> str:
         user, created = get_user_model().objects.get_or_create(
-            username=DEMO_POSTER, defaults={"email": "poster@demo.hashwork.local"}
+            username=username, defaults={"email": f"{username}@demo.hashwork.local"}
         )
         if created:
             user.set_unusable_password()
@@ -215,6 +225,62 @@ class Command(BaseCommand):
         )
         return UUID(body["id"])
 
+    def _start_agents(self, supervisor: Supervisor, *, base_url: str, timeout: float) -> None:
+        """Enrol fresh local nodes through the real `nodeagent enroll` and run them (`nodeagent run`)."""
+        token = self._demo_user(DEMO_OPERATOR)
+        operator = get_user_model().objects.get(username=DEMO_OPERATOR)
+        for old in Node.objects.filter(operator=operator, is_active=True):
+            node_deactivate(node_id=old.id, reason="replaced by a new demo run")
+        agents_dir = settings.VAR_DIR / "agents"
+        run_tag = uuid.uuid4().hex[:6]
+        for n in range(1, DEMO_AGENTS + 1):
+            config = agents_dir / f"agent-{n}.json"
+            enroll = subprocess.run(
+                [sys.executable, "-m", "nodeagent", "--config", str(config), "enroll", "--marketplace", base_url,
+                 "--token", token, "--name", f"demo-{n}-{run_tag}", "--force"],
+                env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+            )  # fmt: skip
+            if enroll.returncode != 0:
+                raise CommandError(f"Enrolling demo node {n} failed:\n{enroll.stdout}{enroll.stderr}")
+            supervisor.start(
+                f"agent-{n}",
+                [sys.executable, "-m", "nodeagent", "--config", str(config), "run", "--heartbeat-seconds", "2"],
+                self.env,
+            )
+        self.say(f"Enrolled and started {DEMO_AGENTS} local nodes (nodeagent enroll + nodeagent run).")
+
+    def _follow(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
+        """Show progress until the job is done; fail if it ends otherwise or stalls past `timeout`."""
+        last_line = ""
+        last_change = time.monotonic()
+        while True:
+            supervisor.check()
+            job = Job.objects.get(id=job_id)
+            counts = {state: 0 for state in ("pending", "running", "completed", "failed", "cancelled")}
+            for state in job.tasks.values_list("state", flat=True):
+                counts[state] += 1
+            line = (
+                f"  {counts['completed']}/{job.task_count} tasks verified, {counts['running']} running, "
+                f"{Assignment.objects.filter(task__job=job, state=AssignmentState.ACCEPTED).count()} replicas accepted"
+            )
+            if line != last_line:
+                self.say(line)
+                last_line, last_change = line, time.monotonic()
+            if job.state == JobState.COMPLETED:
+                break
+            if job.state in JOB_TERMINAL:
+                raise CommandError(f"The sample job ended {job.state}: {job.state_reason}")
+            if time.monotonic() - last_change > timeout:
+                raise CommandError(f"The sample job made no progress for {timeout:.0f}s; see {supervisor.log_dir}.")
+            time.sleep(0.5)
+        per_node: dict[str, int] = {}
+        for name in Assignment.objects.filter(task__job=job, state=AssignmentState.ACCEPTED).values_list(
+            "node__name", flat=True
+        ):
+            per_node[name] = per_node.get(name, 0) + 1
+        spread = ", ".join(f"{name}: {n}" for name, n in sorted(per_node.items()))
+        self.say(f"The job is completed: every task's replicas agreed ({spread}).")
+
     def _fund_and_wait(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
         poster = get_user_model().objects.get(username=DEMO_POSTER)
         services.job_fund_dev(job_id=job_id, actor=poster)
@@ -223,7 +289,7 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             supervisor.check()
             job = Job.objects.get(id=job_id)
-            if job.state == JobState.RUNNING:
+            if job.state != JobState.FUNDED:
                 self.say(f"The worker split the job into {job.tasks.count()} tasks; it is now {job.state}.")
                 return
             time.sleep(0.2)

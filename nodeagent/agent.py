@@ -1,0 +1,153 @@
+"""`nodeagent run`: the daemon. Heartbeats (capabilities, free slots, running assignments) in this process,
+the Celery worker in a child; SIGTERM/SIGINT hand running work back so it is re-leased at once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from nodeagent import probe
+from nodeagent.client import ApiError, MarketplaceClient
+from nodeagent.config import AgentConfig
+from nodeagent.retry import TransientError
+from nodeagent.worker import paused, running_dir
+
+logger = logging.getLogger("nodeagent")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, config_file: Path, out: Any = sys.stdout) -> None:
+        self.cfg = cfg
+        self.config_file = config_file
+        self.out = out
+        self.client = MarketplaceClient(cfg.marketplace_url, token=cfg.token)
+        self.stop = threading.Event()
+        self.worker: subprocess.Popen[bytes] | None = None
+        cfg.state.mkdir(parents=True, exist_ok=True)
+        self.capabilities = probe.probe(cfg.state)
+        if cfg.max_gpus is not None:
+            self.capabilities["max_gpus"] = cfg.max_gpus
+        self._hot = False
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def running(self) -> dict[str, int | None]:
+        """Assignments running now (from the worker's marker files) and their runner pids."""
+        found: dict[str, int | None] = {}
+        for marker in running_dir(self.cfg).glob("*"):
+            try:
+                text = marker.read_text().strip()
+            except OSError:
+                continue
+            found[marker.name] = int(text) if text.isdigit() else None
+        return found
+
+    def accepting(self) -> bool:
+        if paused(self.cfg):
+            return False
+        if self.cfg.max_temp_c is not None:
+            temps = probe.gpu_temperatures()
+            hot = any(t >= self.cfg.max_temp_c for t in temps)
+            if hot != self._hot:
+                self._hot = hot
+                self.say(
+                    f"GPU temperature {max(temps)} °C ≥ {self.cfg.max_temp_c} °C: taking no new work"
+                    if hot
+                    else "GPUs cooled down: taking work again"
+                )
+            return not hot
+        return True
+
+    def heartbeat(self) -> None:
+        running = self.running()
+        reply = self.client.heartbeat(
+            capabilities=self.capabilities,
+            free_slots=max(0, self.cfg.slots - len(running)),
+            accepting=self.accepting(),
+            load=os.getloadavg()[0],
+            running=list(running),
+        )
+        for assignment_id in reply.get("revoked", []):
+            pid = running.get(assignment_id)
+            if pid:
+                # The marketplace cancelled or expired it: stop the runner, nobody will take its result.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                self.say(f"assignment {assignment_id} was revoked by the marketplace; stopped its runner")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop.set()
+
+    def start_worker(self) -> None:
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "nodeagent.worker", str(self.config_file), str(self.cfg.slots)],
+            stdin=subprocess.DEVNULL,
+        )
+
+    def run(self) -> int:
+        cfg = self.cfg
+        for directory in (cfg.state / "work", running_dir(cfg)):
+            directory.mkdir(parents=True, exist_ok=True)
+        for stale in running_dir(cfg).glob("*"):
+            stale.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.say(f"Node {cfg.node_name} ({cfg.node_id}) for {cfg.marketplace_url}")
+        self.say(f"  wallet {cfg.wallet_address}, {cfg.slots} slot(s), queue {cfg.queue}")
+        gpus = self.capabilities["gpus"]
+        self.say(f"  GPUs: {len(gpus)}" if gpus else f"  GPUs: none ({self.capabilities['no_gpu_reason']})")
+        if not gpus and (cfg.max_temp_c is not None or cfg.power_cap_w is not None or cfg.max_gpus):
+            self.say("  --max-temp, --power-cap and --max-gpus do nothing on a machine without an NVIDIA GPU")
+        if gpus and cfg.power_cap_w is not None:
+            for line in probe.apply_power_cap(cfg.power_cap_w):
+                self.say(f"  {line}")
+        try:
+            self.heartbeat()
+        except (ApiError, TransientError) as exc:
+            self.say(f"The marketplace refused this node: {exc}. Check the URL, or enrol again.")
+            return 1
+        self.start_worker()
+        self.say("Running; Ctrl-C or SIGTERM stops it and hands running work back.")
+        code = 0
+        while not self.stop.wait(cfg.heartbeat_seconds):
+            assert self.worker is not None
+            if self.worker.poll() is not None:
+                self.say(f"The worker exited with code {self.worker.returncode}; stopping.")
+                code = 1
+                break
+            try:
+                self.heartbeat()
+            except (ApiError, TransientError) as exc:
+                logger.warning("heartbeat failed: %s", exc)
+        self.shutdown()
+        return code
+
+    def shutdown(self) -> None:
+        """Hand everything back first (so nothing a dying runner reports counts against us), then stop."""
+        self.say("Stopping: handing running work back to the marketplace…")
+        try:
+            released = self.client.release_all(accepting=False)
+            self.say(f"  handed back {released} assignment(s)")
+        except (ApiError, TransientError) as exc:
+            self.say(f"  could not hand work back ({exc}); its leases will expire instead")
+        if self.worker is not None and self.worker.poll() is None:
+            # SIGQUIT is Celery's cold shutdown: do not wait for running assignments, they were handed back.
+            self.worker.send_signal(signal.SIGQUIT)
+            try:
+                self.worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        for pid in self.running().values():
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.say("Stopped.")

@@ -1,0 +1,174 @@
+"""The agent's Celery worker: consumes only this node's queue, inside its own key prefix, and runs each
+assignment in a child process. Started by `nodeagent run` as `python -m nodeagent.worker CONFIG`."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from nodeagent import config as agent_config
+from nodeagent.client import ApiError, Conflict, MarketplaceClient
+from nodeagent.retry import TransientError
+from nodeagent.signer import Wallet
+
+logger = logging.getLogger("nodeagent.worker")
+TASK_NAME = "nodeagent.run_assignment"
+MAX_TASKS_PER_CHILD = 50
+RUNNER_HARD_LIMIT_SECONDS = 24 * 3600
+
+_config: agent_config.AgentConfig | None = None
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def paused(cfg: agent_config.AgentConfig) -> bool:
+    return (cfg.state / "paused").exists()
+
+
+def running_dir(cfg: agent_config.AgentConfig) -> Path:
+    return cfg.state / "running"
+
+
+def make_app(cfg: agent_config.AgentConfig) -> Celery:
+    app = Celery("nodeagent", broker=cfg.broker_url, set_as_current=True)
+    app.conf.update(
+        broker_transport_options={"global_keyprefix": cfg.broker_prefix, "visibility_timeout": 3600},
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(cfg.queue, routing_key=cfg.queue)],
+        task_default_queue=cfg.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        accept_content=["json"],
+        task_serializer="json",
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=MAX_TASKS_PER_CHILD,
+        # Remote control and events need channels shared by every node: this node's ACL forbids them.
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+    )
+    app.task(name=TASK_NAME, acks_late=True)(run_assignment)
+    return app
+
+
+def run_assignment(message: dict[str, Any]) -> str:
+    """Start, run in a child process, sign and upload one assignment. Always acknowledges: the lease, not
+    the broker, decides what is retried, so a crashing runner is reported failed, never run again here."""
+    assert _config is not None, "the worker was started without a config"
+    cfg = _config
+    client = MarketplaceClient(cfg.marketplace_url, token=cfg.token)
+    assignment_id = str(message["assignment_id"])
+    try:
+        if paused(cfg):
+            client.release(assignment_id)
+            logger.info("assignment %s handed back: the node is paused", assignment_id)
+            return "released"
+        client.start(assignment_id)
+    except Conflict as exc:
+        logger.info("assignment %s not started: %s", assignment_id, exc.message)
+        return "skipped"
+    except (ApiError, TransientError) as exc:
+        logger.warning("assignment %s: could not start (%s); its lease will expire", assignment_id, exc)
+        return "unreachable"
+    marker = running_dir(cfg) / assignment_id
+    workdir = Path(tempfile.mkdtemp(prefix=f"{assignment_id}-", dir=cfg.state / "work"))
+    try:
+        outcome = _run_child(cfg, message, workdir, marker)
+        if outcome is not None:
+            with contextlib.suppress(Conflict):
+                client.fail(assignment_id, outcome)
+            logger.warning("assignment %s failed: %s", assignment_id, outcome.splitlines()[-1] if outcome else "")
+            return "failed"
+        artifact = workdir / "artifact"
+        sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+        signature = Wallet(cfg.wallet_key).sign_result(assignment_id, sha256)
+        metrics = (workdir / "metrics.json").read_text()
+        client.submit(assignment_id, artifact=artifact, sha256=sha256, signature=signature, metrics=metrics)
+        logger.info("assignment %s submitted (sha256 %s)", assignment_id, sha256[:12])
+        return "submitted"
+    except Conflict as exc:
+        logger.info("assignment %s: result not taken: %s", assignment_id, exc.message)
+        return "refused"
+    except (ApiError, TransientError) as exc:
+        logger.warning("assignment %s: upload failed (%s); its lease will expire", assignment_id, exc)
+        return "upload-failed"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        marker.unlink(missing_ok=True)
+
+
+def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: Path, marker: Path) -> str | None:
+    """Run the runner in a child process until the lease ends; None on success, else why it failed."""
+    payload_file = workdir / "payload.json"
+    payload_file.write_text(json.dumps(message["payload"]))
+    started = time.monotonic()
+    with (workdir / "runner.log").open("w+") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "nodeagent.child", message["kind"], str(payload_file), str(workdir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the pool process runs no other threads here
+        )
+        marker.write_text(str(child.pid))
+        try:
+            # Heartbeats extend a running lease; when the marketplace revokes it (cancelled, expired), the
+            # heartbeat loop stops the child. The cap is a last resort against a runner that hangs for good.
+            code = child.wait(timeout=RUNNER_HARD_LIMIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            return f"the runner did not finish within {time.monotonic() - started:.0f}s"
+        if code != 0:
+            log.seek(0)
+            tail = log.read()[-1500:]
+            return f"the {message['kind']} runner exited with code {code}:\n{tail}"
+    return None
+
+
+def main(argv: list[str]) -> None:
+    global _config
+    path = Path(argv[0])
+    slots = int(argv[1]) if len(argv) > 1 else None
+    _config = agent_config.load(path).with_limits(slots=slots)
+    (_config.state / "work").mkdir(parents=True, exist_ok=True)
+    running_dir(_config).mkdir(parents=True, exist_ok=True)
+    app = make_app(_config)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={_config.slots}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
+            f"--hostname={_config.node_name}@%h",
+            f"--queues={_config.queue}",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
