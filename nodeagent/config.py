@@ -50,7 +50,9 @@ def load(path: Path) -> AgentConfig:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"No node config at {path}: run `nodeagent enroll --marketplace URL --token TOKEN` first.")
+        raise ConfigError(
+            f"No node config at {path}: run `nodeagent enroll --marketplace URL --token TOKEN` first."
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"Cannot read the node config {path}: {exc}") from exc
     known = {f.name for f in fields(AgentConfig)}

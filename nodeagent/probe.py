@@ -98,7 +98,7 @@ def apply_power_cap(watts: int) -> list[str]:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001 - no driver, no library: nothing to cap
+    except Exception as exc:
         return [f"no NVIDIA GPU found ({exc}): --power-cap does nothing here"]
     lines = []
     try:

@@ -129,7 +129,7 @@ def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: 
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the pool process runs no other threads here
+            preexec_fn=_die_with_parent,
         )
         marker.write_text(str(child.pid))
         try:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,20 +76,19 @@ class Supervisor:
                 )
 
     def stop_all(self, timeout: float = 20.0) -> list[tuple[str, int | None]]:
-        """SIGTERM every child (newest first), SIGKILL what is still alive after `timeout`."""
+        """Stop the children one by one, newest first, so each can still reach what it depends on (agents
+        hand their work back to a web server that is still up); SIGKILL what ignores SIGTERM for `timeout`."""
+        outcome: list[tuple[str, int | None]] = []
         for child in reversed(self.children):
             if child.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        outcome: list[tuple[str, int | None]] = []
-        for child in reversed(self.children):
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.process.pid, signal.SIGKILL)
-                child.process.wait()
+                try:
+                    child.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.process.pid, signal.SIGKILL)
+                    child.process.wait()
             outcome.append((child.name, child.process.returncode))
             child.log.close()
         self.children.clear()
