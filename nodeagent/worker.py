@@ -4,13 +4,11 @@ assignment in a child process. Started by `nodeagent run` as `python -m nodeagen
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
+import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +18,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from nodeagent import child
 from nodeagent import config as agent_config
 from nodeagent.client import ApiError, Conflict, MarketplaceClient
 from nodeagent.retry import TransientError
@@ -28,15 +27,8 @@ from nodeagent.signer import Wallet
 logger = logging.getLogger("nodeagent.worker")
 TASK_NAME = "nodeagent.run_assignment"
 MAX_TASKS_PER_CHILD = 50
-RUNNER_HARD_LIMIT_SECONDS = 24 * 3600
 
 _config: agent_config.AgentConfig | None = None
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def paused(cfg: agent_config.AgentConfig) -> bool:
@@ -48,6 +40,8 @@ def running_dir(cfg: agent_config.AgentConfig) -> Path:
 
 
 def make_app(cfg: agent_config.AgentConfig) -> Celery:
+    import nodeagent.runners  # noqa: F401  (imported once here, so forked children start warm)
+
     app = Celery("nodeagent", broker=cfg.broker_url, set_as_current=True)
     app.conf.update(
         broker_transport_options={"global_keyprefix": cfg.broker_prefix, "visibility_timeout": 3600},
@@ -118,33 +112,21 @@ def run_assignment(message: dict[str, Any]) -> str:
 
 
 def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: Path, marker: Path) -> str | None:
-    """Run the runner in a child process until the lease ends; None on success, else why it failed."""
+    """Run the runner in a forked child until it ends; None on success, else why it failed. Heartbeats keep a
+    running lease alive; when the marketplace revokes it (cancelled, expired), the heartbeat loop kills the child."""
     payload_file = workdir / "payload.json"
     payload_file.write_text(json.dumps(message["payload"]))
+    log_path = workdir / "runner.log"
     started = time.monotonic()
-    with (workdir / "runner.log").open("w+") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent.child", message["kind"], str(payload_file), str(workdir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            preexec_fn=_die_with_parent,
-        )
-        marker.write_text(str(child.pid))
-        try:
-            # Heartbeats extend a running lease; when the marketplace revokes it (cancelled, expired), the
-            # heartbeat loop stops the child. The cap is a last resort against a runner that hangs for good.
-            code = child.wait(timeout=RUNNER_HARD_LIMIT_SECONDS)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-            return f"the runner did not finish within {time.monotonic() - started:.0f}s"
-        if code != 0:
-            log.seek(0)
-            tail = log.read()[-1500:]
-            return f"the {message['kind']} runner exited with code {code}:\n{tail}"
-    return None
+    pid = child.fork(message["kind"], payload_file, workdir, log_path)
+    marker.write_text(str(pid))
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return None
+    tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return f"the {message['kind']} runner {how} after {time.monotonic() - started:.1f}s:\n{tail}"
 
 
 def main(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_the_headless_demo_posts_the_sample_job_and_stops_everything_it_started(tmp_path: Path) -> None:
+def test_the_headless_demo_completes_the_sample_job_on_two_agents_and_stops_everything_it_started(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "HASHWORK_REDIS_PREFIX"}}
     env["HASHWORK_VAR_DIR"] = str(tmp_path)
     port = _free_port()
@@ -31,7 +31,13 @@ def test_the_headless_demo_posts_the_sample_job_and_stops_everything_it_started(
     assert f"sqlite3 {tmp_path / 'hashwork.sqlite3'}" in out
     assert "Posted a benchmark job through the API: 8 tasks × 2 replicas" in out
     assert "The worker split the job into 8 tasks" in out
+    assert "Enrolled and started 2 local nodes" in out
+    assert "8/8 tasks verified, 0 running, 16 replicas accepted" in out
+    assert "The job is completed: every task's replicas agreed" in out
     assert f"http://127.0.0.1:{port}/api/jobs/" in out
+    assert "stopped agent-1 (exit code 0)" in out
+    assert "stopped agent-2 (exit code 0)" in out
+    assert "stopped beat (exit code 0)" in out
     assert "stopped worker (exit code 0)" in out
     assert "stopped web (exit code 0)" in out
     assert "stopped the embedded Redis" in out

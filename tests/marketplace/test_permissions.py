@@ -39,6 +39,10 @@ POSTER_ENDPOINTS = [
 NODE_ENDPOINTS = [
     ("post", "/api/nodes/heartbeat/"),
     ("get", "/api/nodes/me/"),
+    ("get", "/api/nodes/me/assignments/"),
+    ("post", "/api/nodes/release/"),
+    ("post", "/api/assignments/{assignment}/release/"),
+    ("post", "/api/assignments/{assignment}/fail/"),
     ("post", "/api/assignments/{assignment}/start/"),
     ("post", "/api/assignments/{assignment}/result/"),
 ]
@@ -75,7 +79,7 @@ def test_a_stranger_lists_no_jobs(stranger: Any, world: dict[str, str]) -> None:
     assert stranger.client.get("/api/jobs/").json()["count"] == 0
 
 
-@pytest.mark.parametrize("action", ["start", "result"])
+@pytest.mark.parametrize("action", ["start", "result", "release", "fail"])
 def test_another_node_gets_404_for_an_assignment_not_its_own(
     other_node: Any, world: dict[str, str], action: str
 ) -> None:

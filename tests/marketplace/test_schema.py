@@ -18,6 +18,10 @@ EXPECTED = {
     "/api/nodes/enroll/": {"post"},
     "/api/nodes/heartbeat/": {"post"},
     "/api/nodes/me/": {"get"},
+    "/api/nodes/me/assignments/": {"get"},
+    "/api/nodes/release/": {"post"},
+    "/api/assignments/{assignment_id}/release/": {"post"},
+    "/api/assignments/{assignment_id}/fail/": {"post"},
     "/api/assignments/{assignment_id}/start/": {"post"},
     "/api/assignments/{assignment_id}/result/": {"post"},
 }
