@@ -44,6 +44,7 @@ class Agent:
 
     def enroll(self, operator_token: str, slots: int = 1) -> None:
         done = self.stack.nodeagent(
+            self.name,
             "enroll", "--marketplace", self.stack.url, "--token", operator_token, "--name", self.name,
             "--slots", str(slots), env=self.env,
         )  # fmt: skip
@@ -130,9 +131,9 @@ class Stack:
         assert done.returncode == 0, f"manage.py {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout.strip()
 
-    def nodeagent(self, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        name = args[args.index("--name") + 1] if "--name" in args else "x"
-        config = self.var_dir / "agents" / f"{name}.json"
+    def nodeagent(self, agent: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """Run `nodeagent --config <agent's config> ARGS…`."""
+        config = self.var_dir / "agents" / f"{agent}.json"
         return subprocess.run(
             [sys.executable, "-m", "nodeagent", "--config", str(config), *args],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,

@@ -17,7 +17,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_the_headless_demo_completes_the_sample_job_on_two_agents_and_stops_everything_it_started(tmp_path: Path) -> None:
+def test_the_headless_demo_completes_the_sample_job_on_two_agents_and_stops_everything_it_started(
+    tmp_path: Path,
+) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "HASHWORK_REDIS_PREFIX"}}
     env["HASHWORK_VAR_DIR"] = str(tmp_path)
     port = _free_port()

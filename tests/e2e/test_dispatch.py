@@ -58,6 +58,10 @@ def test_a_replicated_job_completes_on_two_agents_with_replicas_on_different_nod
             assert artifact["checksum"] == _expected_checksum(spec, index)
     assert a.me()["valid_count"] == 20
     assert b.me()["valid_count"] == 20
+    status = stack.nodeagent("rig-a", "status", env=a.env)
+    assert status.returncode == 0, status.stderr
+    assert "online: yes" in status.stdout
+    assert "accepted 20, rejected 0, expired 0" in status.stdout
 
 
 def test_killing_an_agent_mid_task_loses_no_task_and_pays_no_replica_twice(stack: Stack) -> None:
