@@ -137,8 +137,10 @@ def main(argv: list[str]) -> None:
     (_config.state / "work").mkdir(parents=True, exist_ok=True)
     running_dir(_config).mkdir(parents=True, exist_ok=True)
     app = make_app(_config)
+    # --quiet drops Celery's banner: the agent prints its own summary, and each assignment is logged.
     app.worker_main(
         [
+            "--quiet",
             "worker",
             "--pool=prefork",
             f"--concurrency={_config.slots}",
