@@ -87,9 +87,8 @@ def main() -> None:
         settings.REDIS_URL = server.url
     try:
         db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-        print(
-            f"database {db}; redis {settings.REDIS_URL.split('@')[-1]}; {os.cpu_count()} CPUs; medians of {args.repeats}"
-        )
+        redis_at = settings.REDIS_URL.split("@")[-1]
+        print(f"database {db}; redis {redis_at}; {os.cpu_count()} CPUs; medians of {args.repeats}")
         raw = [raw_celery(args.raw_tasks, settings.REDIS_URL) for _ in range(args.repeats)]
         one = [marketplace_path(args.tasks, 1) for _ in range(args.repeats)]
         two = [marketplace_path(args.tasks, 2) for _ in range(args.repeats)]
