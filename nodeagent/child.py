@@ -48,6 +48,10 @@ def fork(kind: str, payload_file: Path, workdir: Path, log_path: Path) -> int:
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        # The parent's sys.stdout/stderr may not be these descriptors at all (Celery swaps in a logging
+        # proxy): write through new file objects on them, so output and tracebacks land in the log.
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         os.chdir(workdir)
         run(kind, payload_file, workdir)
         code = 0

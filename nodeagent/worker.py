@@ -9,8 +9,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from nodeagent.signer import Wallet
 logger = logging.getLogger("nodeagent.worker")
 TASK_NAME = "nodeagent.run_assignment"
 MAX_TASKS_PER_CHILD = 50
+DEFAULT_TIME_LIMIT_SECONDS = 3600
 
 _config: agent_config.AgentConfig | None = None
 
@@ -120,12 +123,30 @@ def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: 
     started = time.monotonic()
     pid = child.fork(message["kind"], payload_file, workdir, log_path)
     marker.write_text(str(pid))
-    _, status = os.waitpid(pid, 0)
+    limit = float(message.get("time_limit_seconds") or DEFAULT_TIME_LIMIT_SECONDS)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(limit, kill)
+    watchdog.start()
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        watchdog.cancel()
     code = os.waitstatus_to_exitcode(status)
-    if code == 0:
+    if code == 0 and not timed_out.is_set():
         return None
     tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
-    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    if timed_out.is_set():
+        how = f"ran past the {message['kind']} time limit of {limit:.0f}s and was killed"
+    elif code < 0:
+        how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
     return f"the {message['kind']} runner {how} after {time.monotonic() - started:.1f}s:\n{tail}"
 
 

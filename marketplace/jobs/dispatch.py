@@ -126,6 +126,7 @@ def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[
         "kind": job.kind,
         "payload": task.payload,
         "input_urls": [],
+        "time_limit_seconds": kinds.get(job.kind).time_limit_seconds,
         "start_by": assignment.start_by.isoformat(),
         "lease_expires_at": assignment.lease_expires_at.isoformat(),
     }

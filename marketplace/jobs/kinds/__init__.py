@@ -33,6 +33,8 @@ class Kind:
     artifact_max_bytes: int = 16 * 1024 * 1024
     start_window_seconds: int = 60
     lease_seconds: int = 600
+    # The longest one assignment may run on a node before the agent kills it and reports it failed.
+    time_limit_seconds: int = 3600
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
 

@@ -90,6 +90,7 @@ KIND = register(
         artifact_max_bytes=64 * 1024,
         start_window_seconds=30,
         lease_seconds=120,
+        time_limit_seconds=300,
         description="Seeded float64 matrix products; replicas must report the same checksum.",
         defaults={"tasks": 4, "matrix_size": 256, "seed": 1},
     )
