@@ -90,7 +90,8 @@ def test_killing_an_agent_mid_task_loses_no_task_and_pays_no_replica_twice(stack
 def test_sigterm_hands_running_work_back_at_once(stack: Stack) -> None:
     leaving = stack.agent("leaving")
     stack.agent("staying")
-    spec = {"tasks": 6, "matrix_size": 1400, "seed": 5}
+    # Large enough that a task runs for seconds: the signal lands while one is running, not between two.
+    spec = {"tasks": 4, "matrix_size": 3000, "seed": 5}
     job_id = stack.post_job(spec, replication=1)
 
     def leaving_running() -> list[str]:
@@ -109,7 +110,7 @@ def test_sigterm_hands_running_work_back_at_once(stack: Stack) -> None:
     assert "released" in states.values()
     stack.wait_job(job_id)
     assert leaving.me()["expired_count"] == 0
-    assert len(_accepted_by_task(stack, job_id)) == 6
+    assert len(_accepted_by_task(stack, job_id)) == 4
 
 
 def test_a_lying_agent_is_outvoted_loses_reputation_and_the_job_is_still_right(stack: Stack, tmp_path: Path) -> None:
