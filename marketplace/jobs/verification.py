@@ -59,10 +59,10 @@ def task_verify(*, task_id: UUID) -> str:
 
         if task.state == TaskState.COMPLETED:
             # A late replica: it must agree with what was accepted.
-            accepted = {values[a] for a in values if states[a] == AssignmentState.ACCEPTED}
+            accepted = [values[a] for a in values if states[a] == AssignmentState.ACCEPTED]
             for a, value in values.items():
                 if states[a] == AssignmentState.SUBMITTED:
-                    if value in accepted:
+                    if any(kind.agree(good, value) for good in accepted):
                         _accept(UUID(a), nodes[a])
                     else:
                         _reject(UUID(a), nodes[a], "differs from the accepted result")
@@ -70,7 +70,7 @@ def task_verify(*, task_id: UUID) -> str:
         if task.state != TaskState.RUNNING:
             return task.state
 
-        verdict = kind.verify(values, quorum=quorum)
+        verdict = kinds.decide(values, quorum=quorum, agree=kind.agree)
         if not verdict.needs_another_replica:
             for a in verdict.accepted:
                 _accept(UUID(a), nodes[a])

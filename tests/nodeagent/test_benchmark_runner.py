@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from marketplace.jobs.kinds.benchmark import verify
+from marketplace.jobs.kinds import decide
 from nodeagent.runners import benchmark, get
 
 
@@ -41,17 +41,32 @@ def test_runners_are_found_by_kind() -> None:
 
 
 def test_replicas_that_agree_are_accepted_and_the_odd_one_out_rejected() -> None:
-    verdict = verify({"a": "x", "b": "x", "c": "y"})
+    verdict = decide({"a": "x", "b": "x", "c": "y"}, quorum=2)
     assert verdict.accepted == {"a", "b"}
     assert verdict.rejected == {"c"}
     assert not verdict.needs_another_replica
 
 
 def test_two_disagreeing_replicas_need_a_third() -> None:
-    verdict = verify({"a": "x", "b": "y"})
+    verdict = decide({"a": "x", "b": "y"}, quorum=2)
     assert verdict.needs_another_replica
     assert not verdict.accepted
     assert not verdict.rejected
 
 
 PINNED = "abdc20436972d4887e49f4c135551576d56ff99e25438e431126f5a548a1cb99"
+
+
+def test_a_tie_between_two_groups_is_no_majority() -> None:
+    assert decide({"a": "x", "b": "x", "c": "y", "d": "y"}, quorum=2).needs_another_replica
+
+
+def test_agreement_can_be_a_tolerance_rather_than_equality() -> None:
+    close = lambda a, b: abs(a - b) < 0.5  # noqa: E731
+    verdict = decide({"a": 1.0, "b": 1.2, "c": 9.0}, quorum=2, agree=close)
+    assert verdict.accepted == {"a", "b"}
+    assert verdict.rejected == {"c"}
+
+
+def test_a_single_replica_decides_when_the_job_asks_for_one() -> None:
+    assert decide({"a": "x"}, quorum=1).accepted == {"a"}

@@ -3,6 +3,7 @@ and a runner in nodeagent.runners under the same name."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,10 +27,10 @@ class Kind:
     spec_model: type[BaseModel]
     task_count: Callable[[Any], int]
     split: Callable[[Any], list[TaskPlan]]
-    # The comparable value of one result (raises ValueError if the result is malformed) and the decision over
-    # a task's replicas' values: verify({assignment id: value}, quorum=N) -> Verdict.
+    # The comparable value of one result (raises ValueError when the result is malformed), and whether two
+    # replicas' values agree: equality for exact kinds, a tolerance for kinds like render RGB.
     result_value: Callable[[Any], Any]
-    verify: Callable[..., Any]
+    agree: Callable[[Any, Any], bool] = operator.eq
     artifact_max_bytes: int = 16 * 1024 * 1024
     start_window_seconds: int = 60
     lease_seconds: int = 600
@@ -37,6 +38,41 @@ class Kind:
     time_limit_seconds: int = 3600
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of comparing a task's replicas: who agrees with the majority, who does not, and whether another
+    replica is needed to decide."""
+
+    accepted: frozenset[str]
+    rejected: frozenset[str]
+    needs_another_replica: bool
+
+
+def decide(values: Mapping[str, Any], *, quorum: int, agree: Callable[[Any, Any], bool] = operator.eq) -> Verdict:
+    """Decide a task from its replicas' values ({assignment id: value}).
+
+    Replicas are grouped by agreement with each group's first member. The largest group wins if it has at
+    least `quorum` members: they are accepted and every other replica rejected. Otherwise nothing is decided
+    and one more replica is needed.
+    """
+    groups: list[list[str]] = []
+    for assignment_id in sorted(values):
+        for group in groups:
+            if agree(values[group[0]], values[assignment_id]):
+                group.append(assignment_id)
+                break
+        else:
+            groups.append([assignment_id])
+    if not groups or max(len(g) for g in groups) < quorum:
+        return Verdict(frozenset(), frozenset(), needs_another_replica=True)
+    winners = max(groups, key=len)
+    if sum(len(g) == len(winners) for g in groups) > 1:
+        # Two groups of equal size: no majority, whatever the quorum says.
+        return Verdict(frozenset(), frozenset(), needs_another_replica=True)
+    accepted = frozenset(winners)
+    return Verdict(accepted, frozenset(values) - accepted, needs_another_replica=False)
 
 
 _REGISTRY: dict[str, Kind] = {}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,16 +39,6 @@ def split(spec: BenchmarkSpec) -> list[TaskPlan]:
     ]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """Outcome of comparing a task's replicas: who agrees with the majority, who does not, and whether
-    another replica is needed to break a tie."""
-
-    accepted: frozenset[str]
-    rejected: frozenset[str]
-    needs_another_replica: bool
-
-
 def result_value(result: Any) -> str:
     """The checksum a node signed: the artifact is the runner's JSON output."""
     with result.artifact.open("rb") as artifact:
@@ -64,21 +52,6 @@ def result_value(result: Any) -> str:
     return checksum
 
 
-def verify(checksums: dict[str, str], quorum: int = 2) -> Verdict:
-    """Decide a task from its replicas' checksums ({assignment id: checksum}).
-
-    A checksum reported by at least `quorum` replicas wins: those replicas are accepted, the rest rejected.
-    Without such a majority nothing is decided yet and one more replica is needed.
-    """
-    if not checksums:
-        return Verdict(frozenset(), frozenset(), needs_another_replica=True)
-    value, votes = Counter(checksums.values()).most_common(1)[0]
-    if votes < quorum:
-        return Verdict(frozenset(), frozenset(), needs_another_replica=True)
-    accepted = frozenset(a for a, c in checksums.items() if c == value)
-    return Verdict(accepted, frozenset(checksums) - accepted, needs_another_replica=False)
-
-
 KIND = register(
     Kind(
         name="benchmark",
@@ -86,7 +59,6 @@ KIND = register(
         task_count=task_count,
         split=split,
         result_value=result_value,
-        verify=verify,
         artifact_max_bytes=64 * 1024,
         start_window_seconds=30,
         lease_seconds=120,
