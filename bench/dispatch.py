@@ -25,6 +25,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
 
 def raw_celery(tasks: int, redis_url: str) -> float:
     """Tasks/s of a no-op Celery task: publish, a 2-process worker runs it, the result comes back."""
+    import redis
     from celery import Celery
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
@@ -47,6 +48,9 @@ def raw_celery(tasks: int, redis_url: str) -> float:
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+        admin = redis.Redis.from_url(redis_url)
+        for key in admin.scan_iter(match=f"{prefix}*", count=1000):
+            admin.delete(key)
 
 
 def marketplace_path(tasks: int, agents: int) -> float:
