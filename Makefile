@@ -12,7 +12,7 @@ SYSTEM_REDIS := redis://127.0.0.1:6379/0
 # A service "answers" when its TCP port accepts a connection.
 answers = $(shell (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && echo yes)
 
-.PHONY: help demo test lint typecheck pytest install migrate clean
+.PHONY: help demo test lint typecheck pytest install migrate clean system-packages
 
 help:
 	@echo "make demo   install what is missing and run the sample job on embedded defaults"
@@ -37,7 +37,20 @@ $(NODE_STAMP): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	@touch $(NODE_STAMP)
 
-install: $(STAMP) $(if $(wildcard package.json),$(NODE_STAMP))
+# Headless Blender (bpy) needs EGL and Mesa's software rasteriser; without them bpy aborts the process.
+SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing $$missing (headless Blender needs them)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "Blender (bpy) needs these Debian packages: sudo apt-get install $$missing"; exit 1; \
+	  fi; \
+	fi
+
+install: system-packages $(STAMP) $(if $(wildcard package.json),$(NODE_STAMP))
 
 migrate: install
 	@echo "==> migrating the database"

@@ -1,0 +1,212 @@
+"""Verification of rendered chunks: format, label passes exactly, RGB by PSNR; the verdict names what failed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from synthetic import chunk
+from synthetic.labels import bbox_from_mask, decode_rle
+
+# RGB rule, from measurements on this project's scenes (docs/synthetic.md, "Verification"; 128², 4 images each):
+# honest CPU replicas in separate processes are pixel-identical (PSNR = inf); a render with ¼ of the samples
+# scores 19–26 dB (16 vs 4 samples) and 27–34 dB (64 vs 16) against the honest one — a 30 dB rule, what other
+# render farms use, would accept some of them. 50 dB rejects every lazy render measured with a ≥16 dB margin and
+# leaves room for the small floating-point drift expected between GPU and CPU replicas sharing a seed.
+RGB_MIN_PSNR_DB = 50.0
+LABEL_PASSES = ("instance", "category", "depth")
+_MAX_REASONS = 50
+
+
+@dataclass
+class Verdict:
+    """Whether a result is accepted, and why not (each reason names the image, the pass and the metric)."""
+
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    psnr_db: dict[int, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (inf PSNR as the string 'inf')."""
+        return {
+            "ok": self.ok,
+            "reasons": self.reasons,
+            "psnr_db": {str(k): ("inf" if math.isinf(v) else round(v, 3)) for k, v in self.psnr_db.items()},
+        }
+
+
+def _cap(reasons: list[str]) -> list[str]:
+    if len(reasons) <= _MAX_REASONS:
+        return reasons
+    return [*reasons[:_MAX_REASONS], f"… and {len(reasons) - _MAX_REASONS} more"]
+
+
+def psnr(a: NDArray[Any], b: NDArray[Any]) -> float:
+    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+@dataclass
+class _Chunk:
+    root: Path
+    manifest: dict[str, Any]
+    coco: dict[str, Any]
+    by_index: dict[int, dict[str, Any]]
+    anns: dict[int, list[dict[str, Any]]]
+
+
+def _load(root: Path, reasons: list[str], label: str) -> _Chunk | None:
+    try:
+        manifest = chunk.read_json(root / chunk.MANIFEST)
+        coco = chunk.read_json(root / chunk.ANNOTATIONS)
+    except (OSError, ValueError) as exc:
+        reasons.append(f"{label}: unreadable chunk ({type(exc).__name__}: {exc})")
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != chunk.CHUNK_FORMAT:
+        reasons.append(f"{label}: {chunk.MANIFEST} is not a {chunk.CHUNK_FORMAT} manifest")
+        return None
+    try:
+        by_index = {int(img["index"]): img for img in coco["images"]}
+        id_to_index = {int(img["id"]): int(img["index"]) for img in coco["images"]}
+        anns: dict[int, list[dict[str, Any]]] = {index: [] for index in by_index}
+        for ann in coco["annotations"]:
+            anns[id_to_index[int(ann["image_id"])]].append(ann)
+        categories = {int(c["id"]) for c in coco["categories"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        reasons.append(f"{label}: {chunk.ANNOTATIONS} breaks the COCO schema ({type(exc).__name__}: {exc})")
+        return None
+    expected = list(range(int(manifest["start"]), int(manifest["start"]) + int(manifest["count"])))
+    if sorted(by_index) != expected:
+        missing = sorted(set(expected) - set(by_index))
+        extra = sorted(set(by_index) - set(expected))
+        reasons.append(f"{label}: image list wrong (missing {missing}, unexpected {extra})")
+    for index, items in anns.items():
+        if any(int(a["category_id"]) not in categories for a in items):
+            reasons.append(f"{label}: image {index}: annotation with an unknown category_id")
+    return _Chunk(root, manifest, coco, by_index, anns)
+
+
+def _read(ch: _Chunk, pass_name: str, index: int, reasons: list[str], label: str) -> NDArray[Any] | None:
+    path = chunk.pass_path(ch.root, pass_name, index)
+    try:
+        pixels = chunk.read_png(path)
+    except (OSError, ValueError) as exc:
+        reasons.append(f"{label}: image {index}: {pass_name} pass missing or unreadable ({type(exc).__name__})")
+        return None
+    width, height = ch.manifest["resolution"]
+    if pixels.shape[:2] != (height, width):
+        reasons.append(
+            f"{label}: image {index}: {pass_name} pass is {pixels.shape[1]}×{pixels.shape[0]}, not {width}×{height}"
+        )
+        return None
+    return pixels
+
+
+def _self_consistent(ch: _Chunk, index: int, ids: NDArray[Any], reasons: list[str], label: str) -> None:
+    """Each annotation must be exactly what its instance mask says: box, area, RLE; one per visible instance."""
+    present = {int(v) for v in np.unique(ids) if v}
+    annotated = [int(a.get("instance_id", -1)) for a in ch.anns.get(index, [])]
+    if sorted(annotated) != sorted(present):
+        reasons.append(
+            f"{label}: image {index}: annotations cover instances {sorted(annotated)}, mask has {sorted(present)}"
+        )
+    for ann in ch.anns.get(index, []):
+        instance = int(ann.get("instance_id", -1))
+        mask = ids == instance
+        where = f"{label}: image {index}: annotation {ann.get('id')} (instance {instance})"
+        if ann.get("bbox") != bbox_from_mask(mask):
+            reasons.append(f"{where}: bbox {ann.get('bbox')} ≠ mask box {bbox_from_mask(mask)}")
+        if ann.get("area") != int(mask.sum()):
+            reasons.append(f"{where}: area {ann.get('area')} ≠ mask pixels {int(mask.sum())}")
+        try:
+            rle_ok = np.array_equal(decode_rle(ann["segmentation"]), mask)
+        except (KeyError, TypeError, ValueError):
+            rle_ok = False
+        if not rle_ok:
+            reasons.append(f"{where}: segmentation RLE does not decode to the instance mask")
+
+
+def _strip_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(({k: v for k, v in a.items() if k != "id"} for a in items), key=lambda a: int(a["instance_id"]))
+
+
+def _compare_labels(a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str]) -> dict[int, NDArray[Any]]:
+    passes = [p for p in LABEL_PASSES if p in a.manifest["passes"]]
+    ids_a: dict[int, NDArray[Any]] = {}
+    for index in indices:
+        if index not in a.by_index or index not in b.by_index:
+            reasons.append(f"image {index}: missing from {'A' if index not in a.by_index else 'B'}")
+            continue
+        for pass_name in passes:
+            pa = _read(a, pass_name, index, reasons, "A")
+            pb = _read(b, pass_name, index, reasons, "B")
+            if pa is None or pb is None:
+                continue
+            if pa.shape != pb.shape or not np.array_equal(pa, pb):
+                diff = int(np.count_nonzero(pa != pb)) if pa.shape == pb.shape else pa.size
+                reasons.append(f"image {index}: {pass_name} pass differs in {diff} pixels (labels must match exactly)")
+            if pass_name == "instance":  # noqa: S105 - a pass name, not a secret
+                ids_a[index] = pa
+                _self_consistent(a, index, pa, reasons, "A")
+                _self_consistent(b, index, pb, reasons, "B")
+        if _strip_ids(a.anns.get(index, [])) != _strip_ids(b.anns.get(index, [])):
+            reasons.append(f"image {index}: COCO annotations differ (bbox/area/segmentation/visibility)")
+        try:
+            meta_a = chunk.read_json(chunk.meta_path(a.root, index))
+            meta_b = chunk.read_json(chunk.meta_path(b.root, index))
+        except (OSError, ValueError):
+            reasons.append(f"image {index}: metadata missing or unreadable")
+            continue
+        if meta_a != meta_b:
+            reasons.append(f"image {index}: metadata (seed, camera, lights, objects) differs")
+    return ids_a
+
+
+def compare(dir_a: str | Path, dir_b: str | Path) -> Verdict:
+    """Compare two replicas of a chunk: format, then labels exactly, then RGB (PSNR ≥ RGB_MIN_PSNR_DB per image)."""
+    reasons: list[str] = []
+    a = _load(Path(dir_a), reasons, "A")
+    b = _load(Path(dir_b), reasons, "B")
+    if a is None or b is None:
+        return Verdict(False, reasons)
+    for key in ("spec_digest", "start", "count", "resolution", "passes"):
+        if a.manifest.get(key) != b.manifest.get(key):
+            reasons.append(f"manifest {key} differs: {a.manifest.get(key)!r} vs {b.manifest.get(key)!r}")
+    if reasons:
+        return Verdict(False, reasons)
+    if a.coco["categories"] != b.coco["categories"]:
+        reasons.append("COCO categories differ")
+    indices = sorted(set(a.by_index) | set(b.by_index))
+    _compare_labels(a, b, indices, reasons)
+    scores: dict[int, float] = {}
+    if "rgb" in a.manifest["passes"]:
+        for index in indices:
+            if index not in a.by_index or index not in b.by_index:
+                continue
+            ra = _read(a, "rgb", index, reasons, "A")
+            rb = _read(b, "rgb", index, reasons, "B")
+            if ra is None or rb is None:
+                continue
+            scores[index] = psnr(ra, rb)
+            if scores[index] < RGB_MIN_PSNR_DB:
+                reasons.append(f"image {index}: rgb PSNR {scores[index]:.2f} dB < {RGB_MIN_PSNR_DB:.0f} dB")
+    return Verdict(not reasons, _cap(reasons), scores)
+
+
+def compare_labels(reference: Path, rerender: Path, indices: list[int]) -> Verdict:
+    """Spot check: the label passes of `indices` in chunk `reference` against a labels-only re-render."""
+    reasons: list[str] = []
+    a = _load(reference, reasons, "chunk")
+    b = _load(rerender, reasons, "re-render")
+    if a is None or b is None:
+        return Verdict(False, reasons)
+    if a.manifest.get("spec_digest") != b.manifest.get("spec_digest"):
+        reasons.append("chunk was rendered from a different spec")
+    _compare_labels(a, b, indices, reasons)
+    return Verdict(not reasons, _cap(reasons))
