@@ -60,6 +60,9 @@ class Config:
     lease_seconds: int | None
     start_window_seconds: int | None
     artifact_limits: dict[str, int]
+    operator_key: str | None
+    chain_confirmations: int
+    public_eth_rpc_url: str | None
     problems: tuple[str, ...] = field(default=())
 
 
@@ -163,13 +166,13 @@ def _node_broker_url(env: Mapping[str, str], problems: list[str]) -> str | None:
     return raw
 
 
-def _eth_rpc_url(env: Mapping[str, str], problems: list[str]) -> str | None:
-    raw = env.get("ETH_RPC_URL", "").strip()
+def _eth_rpc_url(env: Mapping[str, str], problems: list[str], name: str = "ETH_RPC_URL") -> str | None:
+    raw = env.get(name, "").strip()
     if not raw:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.hostname:
-        problems.append(f"ETH_RPC_URL={raw!r} is not an http(s) or ws(s) URL of an Ethereum JSON-RPC node.")
+        problems.append(f"{name}={raw!r} is not an http(s) or ws(s) URL of an Ethereum JSON-RPC node.")
     return raw
 
 
@@ -183,6 +186,28 @@ def _artifact_limits(env: Mapping[str, str], problems: list[str]) -> dict[str, i
             continue
         limits[kind.strip()] = int(size)
     return limits
+
+
+def _operator_key(env: Mapping[str, str], problems: list[str]) -> str | None:
+    raw = env.get("OPERATOR_KEY", "").strip()
+    key_file = env.get("OPERATOR_KEY_FILE", "").strip()
+    if raw and key_file:
+        problems.append("OPERATOR_KEY and OPERATOR_KEY_FILE are both set: set one of them.")
+        return None
+    if key_file:
+        try:
+            raw = Path(key_file).read_text().strip()
+        except OSError as exc:
+            problems.append(f"OPERATOR_KEY_FILE={key_file!r} cannot be read ({exc.strerror}).")
+            return None
+    if not raw:
+        return None
+    # The key itself is never echoed back, not even in an error.
+    if not re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", raw):
+        name = "OPERATOR_KEY_FILE's content" if key_file else "OPERATOR_KEY"
+        problems.append(f"{name} is not a private key (0x followed by 64 hex digits).")
+        return None
+    return raw if raw.startswith("0x") else f"0x{raw}"
 
 
 def _allowed_hosts(env: Mapping[str, str], problems: list[str]) -> tuple[str, ...]:
@@ -252,6 +277,9 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         lease_seconds=_int(env, "HASHWORK_LEASE_SECONDS", 0, problems, minimum=1) or None,
         start_window_seconds=_int(env, "HASHWORK_START_WINDOW_SECONDS", 0, problems, minimum=1) or None,
         artifact_limits=_artifact_limits(env, problems),
+        operator_key=_operator_key(env, problems),
+        chain_confirmations=_int(env, "CHAIN_CONFIRMATIONS", 0, problems, minimum=0),
+        public_eth_rpc_url=_eth_rpc_url(env, problems, "PUBLIC_ETH_RPC_URL"),
     )
     if problems:
         raise ConfigError(problems)

@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "marketplace.core",
     "marketplace.nodes",
     "marketplace.jobs",
+    "marketplace.payments",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,10 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 ETH_RPC_URL = CONFIG.eth_rpc_url
 CHAIN_DIR = VAR_DIR / "chain"
 CHAIN_DEPLOYMENTS_FILE = CHAIN_DIR / "deployments.json"
+# The key that sends release() and close() (PAYOUT_ROLE): OPERATOR_KEY or OPERATOR_KEY_FILE; on a local chain
+# it defaults to the dev account that deployed the contracts. Only the settlement worker uses it.
+OPERATOR_KEY = CONFIG.operator_key
+CHAIN_CONFIRMATIONS = CONFIG.chain_confirmations
 
 HASHWORK = {
     "NODE_ONLINE_SECONDS": CONFIG.node_online_seconds,
@@ -192,6 +197,8 @@ HASHWORK = {
     "JOB_NODE_MAX_FAILURES": 2,
     # A tie between replicas asks for more, up to replication + this many.
     "MAX_EXTRA_REPLICAS": 3,
+    # The JSON-RPC URL node agents and wallets are told to use (withdrawals); defaults to ETH_RPC_URL.
+    "PUBLIC_ETH_RPC_URL": CONFIG.public_eth_rpc_url,
 }
 
 LOGGING = {

@@ -11,6 +11,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace.jobs import apis as job_apis
 from marketplace.nodes import apis as node_apis
+from marketplace.payments import apis as payment_apis
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -31,6 +32,8 @@ api = [
     path("nodes/me/", node_apis.NodeMeApi.as_view(), name="node-me"),
     path("nodes/me/assignments/", node_apis.NodeAssignmentListApi.as_view(), name="node-assignments"),
     path("nodes/release/", node_apis.NodeReleaseApi.as_view(), name="node-release"),
+    path("nodes/me/earnings/", payment_apis.NodeEarningsApi.as_view(), name="node-earnings"),
+    path("chain/", payment_apis.ChainInfoApi.as_view(), name="chain"),
     path(
         "assignments/<uuid:assignment_id>/start/",
         job_apis.AssignmentStartApi.as_view(),

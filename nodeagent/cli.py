@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 import sys
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +132,74 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     try:
         node = client.me()
         assignments = client.my_assignments(limit=args.limit)
+        earnings = client.earnings()
     except (ApiError, TransientError) as exc:
         raise CliError(f"Cannot get this node's status from {cfg.marketplace_url}: {exc}") from exc
     local = "paused (nodeagent resume to take work again)" if (cfg.state / "paused").exists() else "taking work"
     print(f"Node {node['name']} ({node['id']})")
     print(f"  online: {'yes' if node['is_online'] else 'no'}; locally {local}")
     print(f"  accepted {node['valid_count']}, rejected {node['invalid_count']}, expired {node['expired_count']}")
+    credit = earnings["credit"]
+    credit_text = f"{_tokens(int(credit))} HWC withdrawable" if credit is not None else "credit unknown (no chain)"
+    print(
+        f"  earned {_tokens(int(earnings['settled']))} HWC settled, {_tokens(int(earnings['pending']))} HWC pending; "
+        f"{credit_text} to {cfg.wallet_address}"
+    )
     current = [a for a in assignments if a["state"] in ("leased", "running")]
     print(f"  current assignments: {len(current)}")
     print("  recent assignments:" if assignments else "  no assignments yet")
     for a in assignments:
         print(f"    {a['id']}  {a['kind']} job {a['job']} task {a['task_index']}: {a['state']}")
+    return 0
+
+
+def _tokens(base_units: int) -> str:
+    whole, fraction = divmod(base_units, 10**18)
+    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")
+
+
+def _amount(raw: str) -> int:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise CliError(f"AMOUNT {raw!r} is not a number of tokens (for example 12.5).") from None
+    base = value * 10**18
+    if not value.is_finite() or value <= 0 or base != base.to_integral_value():
+        raise CliError(f"AMOUNT {raw!r} must be a positive number of tokens with at most 18 decimals.")
+    return int(base)
+
+
+def cmd_withdraw(args: argparse.Namespace, path: Path) -> int:
+    from contracts.bindings import JobEscrow
+    from contracts.connection import connect
+    from contracts.errors import ChainError
+    from contracts.sender import Sender
+
+    cfg = agent_config.load(path)
+    amount = _amount(args.amount) if args.amount is not None else None
+    try:
+        info = MarketplaceClient(cfg.marketplace_url, token=cfg.token).chain()
+    except (ApiError, TransientError) as exc:
+        raise CliError(f"Cannot ask {cfg.marketplace_url} where the escrow is: {exc}") from exc
+    if not info.get("configured"):
+        raise CliError("The marketplace runs without a chain: there is nothing to withdraw.")
+    rpc_url = args.rpc_url or info["rpc_url"]
+    try:
+        w3 = connect(rpc_url)
+        escrow = JobEscrow(w3, info["escrow"], Sender(w3, cfg.wallet_key))
+        credit = escrow.credit_of(cfg.wallet_address)
+        if credit == 0:
+            raise CliError(f"{cfg.wallet_address} has no credit in the escrow yet: nothing to withdraw.")
+        wanted = credit if amount is None else amount
+        if wanted > credit:
+            raise CliError(f"You asked for {_tokens(wanted)} HWC but the credit is {_tokens(credit)} HWC.")
+        if w3.eth.get_balance(w3.to_checksum_address(cfg.wallet_address)) == 0:
+            raise CliError(f"{cfg.wallet_address} has no ETH to pay gas on chain {info['chain_id']}: send it a little.")
+        receipt = escrow.withdraw(wanted)
+    except ChainError as exc:
+        raise CliError(f"The withdrawal failed: {exc}") from exc
+    tx = "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
+    print(f"Withdrew {_tokens(wanted)} HWC to {cfg.wallet_address} (tx {tx}).")
     return 0
 
 
@@ -201,6 +259,11 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="node id, online state, current and recent assignments")
     status.add_argument("--limit", type=_positive, default=10, help="recent assignments to show (default 10)")
     status.set_defaults(func=cmd_status)
+
+    withdraw = sub.add_parser("withdraw", help="move your earned credit from the escrow to your wallet")
+    withdraw.add_argument("amount", nargs="?", metavar="AMOUNT", help="tokens to withdraw (default: all of it)")
+    withdraw.add_argument("--rpc-url", help="your own JSON-RPC URL (default: the one the marketplace names)")
+    withdraw.set_defaults(func=cmd_withdraw)
 
     sub.add_parser("pause", help="take no new work (running work finishes)").set_defaults(func=cmd_pause)
     sub.add_parser("resume", help="take new work again").set_defaults(func=cmd_resume)

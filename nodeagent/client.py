@@ -78,6 +78,14 @@ class MarketplaceClient:
         body = self._call("GET", f"/api/nodes/me/assignments/?limit={limit}")
         return list(body["results"])
 
+    def earnings(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/nodes/me/earnings/")
+        return result
+
+    def chain(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/chain/")
+        return result
+
     def start(self, assignment_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/api/assignments/{assignment_id}/start/")
         return result

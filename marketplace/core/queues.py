@@ -22,6 +22,8 @@ class TaskName(StrEnum):
     SCHEDULE = "jobs.schedule"
     LEASES_EXPIRE = "jobs.leases_expire"
     TASK_VERIFY = "jobs.task_verify"
+    CHAIN_SYNC = "payments.chain_sync"
+    SETTLE = "payments.settle"
 
 
 # The queues a marketplace worker consumes (the settlement queue gets its own single worker later).
@@ -34,6 +36,9 @@ CELERY_TASK_ROUTES = {
     TaskName.SCHEDULE.value: {"queue": Queue.SCHEDULER.value},
     TaskName.LEASES_EXPIRE.value: {"queue": Queue.SCHEDULER.value},
     TaskName.TASK_VERIFY.value: {"queue": Queue.VERIFY.value},
+    TaskName.CHAIN_SYNC.value: {"queue": Queue.CHAIN.value},
+    # One worker with concurrency 1 consumes this queue: it alone holds the operator key's nonce.
+    TaskName.SETTLE.value: {"queue": Queue.SETTLEMENT.value},
 }
 
 # Beat: the scheduler also runs on a timer (events start it sooner), leases expire, deadlines pass.
@@ -41,4 +46,7 @@ CELERY_BEAT_SCHEDULE = {
     "schedule": {"task": TaskName.SCHEDULE.value, "schedule": 5.0},
     "leases-expire": {"task": TaskName.LEASES_EXPIRE.value, "schedule": 2.0},
     "jobs-expire": {"task": TaskName.JOBS_EXPIRE.value, "schedule": 60.0},
+    # Expiring, so a queue nobody consumes (no chain, no settlement worker) does not pile up runs.
+    "chain-sync": {"task": TaskName.CHAIN_SYNC.value, "schedule": 2.0, "options": {"expires": 10}},
+    "settle": {"task": TaskName.SETTLE.value, "schedule": 5.0, "options": {"expires": 10}},
 }

@@ -129,14 +129,19 @@ def assignment_transition(*, assignment_id: UUID, to: str, reason: str = "", **e
 
 
 @transaction.atomic
+def job_mark_funded(*, job_id: UUID, reason: str) -> None:
+    """A draft job's funding is in place (seen on chain, or the dev service): fund it and split it into tasks."""
+    job_transition(job_id=job_id, to=JobState.FUNDED, reason=reason)
+    from marketplace.jobs.tasks import job_split_task
+
+    transaction.on_commit(lambda: job_split_task.delay(str(job_id)))
+
+
 def job_fund_dev(*, job_id: UUID, actor: AbstractBaseUser) -> None:
     """Mark a job funded without a chain (dev installs and staff only), then split it into tasks."""
     if not (settings.HASHWORK["DEV_FUNDING"] or getattr(actor, "is_staff", False)):
         raise PermissionDenied("Dev funding is off here (HASHWORK_DEV_FUNDING=false); fund the job on chain.")
-    job_transition(job_id=job_id, to=JobState.FUNDED, reason="funded by dev service")
-    from marketplace.jobs.tasks import job_split_task
-
-    transaction.on_commit(lambda: job_split_task.delay(str(job_id)))
+    job_mark_funded(job_id=job_id, reason="funded by dev service")
 
 
 @transaction.atomic

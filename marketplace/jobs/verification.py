@@ -16,6 +16,7 @@ from marketplace.jobs import kinds
 from marketplace.jobs.dispatch import assignment_end, task_fail
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result, Task, TaskState
 from marketplace.nodes.models import Node
+from marketplace.payments.services import payout_create
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def _accept(assignment_id: UUID, node_id: UUID) -> None:
         Node.objects.filter(id=node_id).update(
             valid_count=F("valid_count") + 1, consecutive_valid=F("consecutive_valid") + 1
         )
+        # In the same transaction as the acceptance: accepted work always has its payout, nothing else does.
+        payout_create(assignment_id=assignment_id)
 
 
 def _reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:

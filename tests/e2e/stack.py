@@ -155,6 +155,12 @@ class Stack:
             self.env,
         )  # fmt: skip
         self.supervisor.start(
+            "settlement",
+            [python, "-m", "celery", "-A", "marketplace", "worker", "--concurrency", "1", "--loglevel", "INFO",
+             "--queues", "mp.settlement", "--hostname", f"settle-{self.tag}@%h"],
+            self.env,
+        )  # fmt: skip
+        self.supervisor.start(
             "beat",
             [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO",
              "--schedule", str(self.var_dir / "beat-schedule")],

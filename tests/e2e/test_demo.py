@@ -17,10 +17,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_the_headless_demo_completes_the_sample_job_on_two_agents_and_stops_everything_it_started(
+def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_everything_it_started(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "HASHWORK_REDIS_PREFIX"}}
+    unset = {"DATABASE_URL", "REDIS_URL", "HASHWORK_REDIS_PREFIX", "ETH_RPC_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env["HASHWORK_VAR_DIR"] = str(tmp_path)
     port = _free_port()
     done = subprocess.run(
@@ -36,10 +37,19 @@ def test_the_headless_demo_completes_the_sample_job_on_two_agents_and_stops_ever
     assert "Enrolled and started 2 local nodes" in out
     assert "8/8 tasks verified, 0 running, 16 replicas accepted" in out
     assert "The job is completed: every task's replicas agreed" in out
+    # Money: funded on the local chain with 2 HWC to spare, 16 replicas × 1 HWC paid, 2.5 % fee, rest refunded.
+    assert "with 18.4 HWC from" in out
+    assert "Paid 16 replicas on chain in 1 release transaction(s)" in out
+    assert out.count(": credited 8 HWC") == 2
+    assert ": 0.4 HWC in fees" in out
+    assert ": refunded 2 HWC" in out
+    assert "The ledger matches the chain (payments reconcile)." in out
+    assert "stopped Anvil" in out
     assert f"http://127.0.0.1:{port}/api/jobs/" in out
     assert "stopped agent-1 (exit code 0)" in out
     assert "stopped agent-2 (exit code 0)" in out
     assert "stopped beat (exit code 0)" in out
+    assert "stopped settlement (exit code 0)" in out
     assert "stopped worker (exit code 0)" in out
     assert "stopped web (exit code 0)" in out
     assert "stopped the embedded Redis" in out

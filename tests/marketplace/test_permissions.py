@@ -40,6 +40,7 @@ NODE_ENDPOINTS = [
     ("post", "/api/nodes/heartbeat/"),
     ("get", "/api/nodes/me/"),
     ("get", "/api/nodes/me/assignments/"),
+    ("get", "/api/nodes/me/earnings/"),
     ("post", "/api/nodes/release/"),
     ("post", "/api/assignments/{assignment}/release/"),
     ("post", "/api/assignments/{assignment}/fail/"),
@@ -105,3 +106,16 @@ def test_the_poster_downloads_a_result_artifact(poster: Any, world: dict[str, st
     response = poster.client.get(f"/api/results/{world['result']}/artifact/")
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == b"abc"
+
+
+def test_where_the_escrow_is_is_public_and_says_when_there_is_no_chain(anonymous: APIClient, settings: Any) -> None:
+    settings.ETH_RPC_URL = None
+    response = anonymous.get("/api/chain/")
+    assert response.status_code == 200
+    assert response.json() == {"configured": False}
+
+
+def test_a_node_sees_its_earnings_even_without_a_chain(node: Any, settings: Any) -> None:
+    settings.ETH_RPC_URL = None
+    body = node.client.get("/api/nodes/me/earnings/").json()
+    assert body == {"settled": "0", "pending": "0", "credit": None, "payouts": []}

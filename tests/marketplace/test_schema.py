@@ -19,6 +19,8 @@ EXPECTED = {
     "/api/nodes/heartbeat/": {"post"},
     "/api/nodes/me/": {"get"},
     "/api/nodes/me/assignments/": {"get"},
+    "/api/nodes/me/earnings/": {"get"},
+    "/api/chain/": {"get"},
     "/api/nodes/release/": {"post"},
     "/api/assignments/{assignment_id}/release/": {"post"},
     "/api/assignments/{assignment_id}/fail/": {"post"},

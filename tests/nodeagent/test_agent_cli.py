@@ -36,7 +36,7 @@ def _config(tmp_path: Path, **changes: object) -> agent_config.AgentConfig:
 def test_every_command_has_help() -> None:
     out = subprocess.run([sys.executable, "-m", "nodeagent", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for command in ("enroll", "probe", "run", "status", "pause", "resume"):
+    for command in ("enroll", "probe", "run", "status", "pause", "resume", "withdraw"):
         assert command in out.stdout
         sub = subprocess.run(
             [sys.executable, "-m", "nodeagent", command, "--help"], capture_output=True, text=True, cwd=ROOT
@@ -150,3 +150,13 @@ def test_retry_returns_as_soon_as_a_call_succeeds() -> None:
         return outcome
 
     assert retry(call, what="test", sleep=lambda _: None) == "ok"
+
+
+@pytest.mark.parametrize("amount", ["-1", "0", "ten", "0.0000000000000000001"])
+def test_a_bad_withdraw_amount_is_named_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], amount: str
+) -> None:
+    path = tmp_path / "agent.json"
+    agent_config.save(_config(tmp_path), path)
+    assert cli.main(["--config", str(path), "withdraw", amount]) == 2
+    assert "AMOUNT" in capsys.readouterr().err

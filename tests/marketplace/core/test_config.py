@@ -70,6 +70,10 @@ def test_configured_services_are_used(tmp_path: Path) -> None:
         ("S3_ENDPOINT_URL", "https://s3.example"),
         ("ETH_RPC_URL", "localhost:8545"),
         ("ETH_RPC_URL", "ftp://chain.example"),
+        ("PUBLIC_ETH_RPC_URL", "chain.example:8545"),
+        ("OPERATOR_KEY", "0x1234"),
+        ("OPERATOR_KEY_FILE", "/nonexistent/operator.key"),
+        ("CHAIN_CONFIRMATIONS", "-1"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_name(tmp_path: Path, name: str, value: str) -> None:
@@ -102,3 +106,17 @@ def test_a_bad_value_stops_manage_py_with_a_message_naming_it(tmp_path: Path) ->
     assert done.returncode == 2
     assert "DATABASE_URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_operator_key_is_never_echoed_in_an_error(tmp_path: Path) -> None:
+    secret = "0x" + "ab" * 31  # one byte short: invalid
+    with pytest.raises(config.ConfigError) as refused:
+        _load(tmp_path, OPERATOR_KEY=secret)
+    assert secret not in str(refused.value)
+    assert "OPERATOR_KEY" in str(refused.value)
+
+
+def test_the_operator_key_can_come_from_a_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "operator.key"
+    key_file.write_text("cd" * 32 + "\n")
+    assert _load(tmp_path, OPERATOR_KEY_FILE=str(key_file)).operator_key == "0x" + "cd" * 32

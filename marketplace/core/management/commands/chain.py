@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
@@ -21,6 +22,8 @@ from contracts.connection import connect
 from contracts.deploy import Deployment, deploy, load_deployment
 from contracts.errors import ChainError
 from contracts.sender import Sender, parse_private_key
+from marketplace.jobs.models import Job, JobState
+from marketplace.payments.services import funding_required
 
 DEPLOYER_KEY_VARIABLE = "HASHWORK_DEPLOYER_KEY"
 DECIMALS = 18
@@ -75,7 +78,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(
-            dest="action", metavar="ACTION", required=True, help="deploy, faucet, status or serve"
+            dest="action", metavar="ACTION", required=True, help="deploy, faucet, fund-dev, status or serve"
         )
 
         deploy_parser = actions.add_parser(
@@ -106,6 +109,21 @@ class Command(BaseCommand):
         faucet_parser.add_argument("amount", metavar="AMOUNT", help="tokens to mint, e.g. 100 or 0.5 (18 decimals)")
         faucet_parser.add_argument(
             "--eth", default="1", help="top ADDRESS's ETH balance up to this many ETH for gas (default 1; 0 = none)"
+        )
+
+        fund_parser = actions.add_parser(
+            "fund-dev",
+            help="fund a job in the escrow from a dev account; local chains only",
+            description="Mint the tokens a job still needs (every replica's price plus the fee) to a development "
+            "account, approve the escrow and fund the job, as its poster would. The marketplace starts the job once "
+            f"it sees the deposit. Refused on any chain but a local one (chain id {LOCAL_CHAINS}).",
+        )
+        fund_parser.add_argument("job_id", metavar="JOB_ID", help="the marketplace job's id")
+        fund_parser.add_argument(
+            "--account", type=int, default=1, help="which Anvil development account funds it (default 1)"
+        )
+        fund_parser.add_argument(
+            "--extra", default="0", help="tokens to add beyond what the job needs (refunded if unspent; default 0)"
         )
 
         status_parser = actions.add_parser(
@@ -139,6 +157,11 @@ class Command(BaseCommand):
                     options[name] = parse_address(options[name], argument=f"--{name}")
         elif action == "status":
             options["addresses"] = [parse_address(a, argument="ADDRESS") for a in options["addresses"]]
+        elif action == "fund-dev":
+            options["job"] = self._job(options["job_id"])
+            options["extra"] = parse_token_amount(options["extra"], argument="--extra", allow_zero=True)
+            if not 0 <= options["account"] < devchain.DEV_ACCOUNTS:
+                raise CommandError(f"--account {options['account']}: use 0 to {devchain.DEV_ACCOUNTS - 1}.")
         try:
             if action == "serve":
                 self._serve(options["port"])
@@ -148,6 +171,8 @@ class Command(BaseCommand):
                     self._deploy(w3, options)
                 elif action == "faucet":
                     self._faucet(w3, options)
+                elif action == "fund-dev":
+                    self._fund_dev(w3, options)
                 else:
                     self._status(w3, options)
         except ChainError as exc:
@@ -237,6 +262,45 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Minted {_tokens(amount)} HWC to {address} on chain {chain_id}; it now holds "
             f"{_tokens(token.balance_of(address))} HWC and {_tokens(w3.eth.get_balance(address))} ETH."
+        )
+
+    def _job(self, raw: str) -> Job:
+        try:
+            job_id = uuid.UUID(raw)
+        except ValueError:
+            raise CommandError(f"JOB_ID {raw!r} is not a job id (a UUID).") from None
+        job = Job.objects.filter(id=job_id).first()
+        if job is None:
+            raise CommandError(f"There is no job {job_id}.")
+        if job.state != JobState.DRAFT:
+            raise CommandError(f"Job {job_id} is {job.state}; only a draft job waits for its funding.")
+        return job
+
+    def _fund_dev(self, w3: Web3, options: dict[str, Any]) -> None:
+        chain_id = w3.eth.chain_id
+        if chain_id not in devchain.LOCAL_CHAIN_IDS:
+            raise CommandError(
+                f"fund-dev works only on local chains (chain id {LOCAL_CHAINS}); ETH_RPC_URL points at chain "
+                f"{chain_id}. There, the poster funds the job from their own wallet."
+            )
+        job: Job = options["job"]
+        deployment = self._deployment(w3)
+        poster = Sender(w3, devchain.dev_keys(options["account"] + 1)[options["account"]])
+        escrow = deployment.escrow_contract(w3, poster)
+        required = funding_required(job=job, fee_bps=escrow.fee_bps())
+        on_chain = escrow.job_of(job.id)
+        missing = required + options["extra"] - on_chain.remaining
+        if missing <= 0:
+            self.stdout.write(f"Job {job.id} already holds {_tokens(on_chain.remaining)} HWC in escrow: enough.")
+            return
+        token = deployment.token_contract(w3, self._deployer(w3))
+        token.mint(poster.address, missing)
+        deployment.token_contract(w3, poster).approve(deployment.escrow, missing)
+        receipt = escrow.fund(job.id, missing, max(int(job.deadline.timestamp()), on_chain.deadline))
+        self.stdout.write(
+            f"Funded job {job.id} with {_tokens(missing)} HWC from {poster.address} "
+            f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')}); the marketplace starts it when it "
+            "sees the deposit."
         )
 
     def _status(self, w3: Web3, options: dict[str, Any]) -> None:

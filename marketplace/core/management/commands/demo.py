@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -23,14 +24,20 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.authtoken.models import Token
 
+from contracts import devchain
+from contracts.connection import connect
+from contracts.deploy import deploy, load_deployment
+from contracts.errors import ChainError
+from contracts.sender import Sender
 from marketplace.celery import use_broker
 from marketplace.core import embedded_redis
 from marketplace.core.processes import ChildDied, Supervisor
-from marketplace.core.queues import MARKETPLACE_QUEUES
-from marketplace.jobs import services
+from marketplace.core.queues import MARKETPLACE_QUEUES, Queue
 from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job, JobState
 from marketplace.nodes.models import Node
 from marketplace.nodes.services import node_deactivate
+from marketplace.payments.models import EntryKind, LedgerEntry, Payout, PayoutState
+from marketplace.payments.services import reconcile
 
 DEMO_POSTER = "demo-poster"
 DEMO_OPERATOR = "demo-operator"
@@ -45,6 +52,11 @@ SAMPLE_JOB: dict[str, Any] = {
 
 class _Stop(Exception):
     """SIGTERM asks the demo to stop, like Ctrl-C."""
+
+
+def _tokens(base_units: int) -> str:
+    whole, fraction = divmod(base_units, 10**18)
+    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")
 
 
 def _port_free(port: int) -> bool:
@@ -79,8 +91,9 @@ class Command(BaseCommand):
     help = (
         "Run Hashwork locally on embedded defaults: start the embedded Redis (unless REDIS_URL is set), the web "
         "server, a marketplace Celery worker and beat; enrol and start two local node agents; post a sample "
-        "benchmark job through the API as a demo poster, fund it with the dev service and follow it until every "
-        "task is verified; print the URL, token and job id. Runs until Ctrl-C (with --headless, exits 0 once "
+        "benchmark job through the API as a demo poster, fund it in the escrow on a local Anvil chain (or "
+        "ETH_RPC_URL's), follow it until every task is verified and paid, refund the poster and print the balances; "
+        "print the URL, token and job id. Runs until Ctrl-C (with --headless, exits 0 once "
         "the job has completed), then stops every process it started."
     )
 
@@ -108,6 +121,7 @@ class Command(BaseCommand):
         var_dir: Path = settings.VAR_DIR
         supervisor = Supervisor(var_dir / "logs")
         started_redis = False
+        self.devchain: devchain.DevChain | None = None
 
         def on_sigterm(signum: int, frame: Any) -> None:
             raise _Stop
@@ -117,6 +131,7 @@ class Command(BaseCommand):
         logging.getLogger("marketplace").setLevel(logging.WARNING)
         try:
             redis_url, started_redis = self._redis(var_dir)
+            self._chain(var_dir)
             call_command("migrate", interactive=False, verbosity=0)
             base_url = self._start_processes(supervisor, redis_url=redis_url, port=port, timeout=timeout)
             token = self._demo_user(DEMO_POSTER)
@@ -124,6 +139,7 @@ class Command(BaseCommand):
             job_id = self._post_sample_job(base_url, token)
             self._fund_and_wait(job_id, supervisor, timeout)
             self._follow(job_id, supervisor, timeout)
+            self._settle_and_refund(job_id, supervisor, timeout)
             self.say("")
             self.say(f"  Marketplace  {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
             self.say(f"  API token    {token}   (user {DEMO_POSTER})", self.style.SUCCESS)
@@ -131,7 +147,7 @@ class Command(BaseCommand):
             self.say(f"  Try:  curl -H 'Authorization: Token {token}' {base_url}/api/jobs/{job_id}/")
             self.say(f"  Logs: {supervisor.log_dir}")
             if headless:
-                self.say("Headless demo finished: the sample job ran on two local nodes and was verified.")
+                self.say("Headless demo finished: the sample job ran on two local nodes, was verified and paid.")
                 return
             self.say("Running. Press Ctrl-C to stop.")
             while True:
@@ -145,6 +161,9 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, previous)
             for name, code in supervisor.stop_all():
                 self.say(f"  stopped {name} (exit code {code})")
+            if self.devchain is not None:
+                self.devchain.stop()
+                self.say("  stopped Anvil (its state is kept in var/chain/)")
             if started_redis and embedded_redis.stop(var_dir):
                 self.say("  stopped the embedded Redis")
 
@@ -162,6 +181,74 @@ class Command(BaseCommand):
         use_broker(server.url)
         return server.url, started
 
+    def _chain(self, var_dir: Path) -> None:
+        """Use ETH_RPC_URL's chain, or start the project's Anvil; deploy the contracts there unless they are."""
+        url = settings.ETH_RPC_URL
+        if not url:
+            state = settings.CHAIN_DIR / "anvil-state.json"
+            try:
+                self.devchain = devchain.start(state_file=state, log_file=var_dir / "logs" / "anvil.log")
+            except devchain.DevChainError as exc:
+                raise CommandError(str(exc)) from None
+            url = self.devchain.url
+            settings.ETH_RPC_URL = url
+        w3 = connect(url)
+        try:
+            dep = load_deployment(settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id)
+            deployed = bool(w3.eth.get_code(dep.escrow))
+        except ChainError:
+            deployed = False
+        if not deployed:
+            if w3.eth.chain_id not in devchain.LOCAL_CHAIN_IDS:
+                raise CommandError("No Hashwork contracts on the ETH_RPC_URL chain: run `manage.py chain deploy`.")
+            keys = devchain.dev_keys()
+            treasury = Sender(w3, keys[-1]).address
+            dep = deploy(w3, Sender(w3, keys[0]), treasury, 250, deployments_file=settings.CHAIN_DEPLOYMENTS_FILE)
+        self.say(f"Chain: {'Anvil' if self.devchain else url} (chain {dep.chain_id}), escrow {dep.escrow}")
+
+    def _settle_and_refund(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
+        """Wait until the settlement worker has paid every accepted replica and closed the job, then refund the
+        poster's rest and show where every token went."""
+        w3 = connect(settings.ETH_RPC_URL)
+        dep = load_deployment(settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id)
+        escrow = dep.escrow_contract(w3)
+        deadline = time.monotonic() + timeout
+        while not (
+            Payout.objects.filter(job_id=job_id).exists()
+            and not Payout.objects.filter(job_id=job_id).exclude(state=PayoutState.SETTLED).exists()
+            and escrow.job_of(job_id).closed
+        ):
+            supervisor.check()
+            if time.monotonic() > deadline:
+                raise CommandError(f"Settlement did not finish within {timeout:.0f}s; see var/logs/settlement.log.")
+            time.sleep(0.5)
+        payouts = Payout.objects.filter(job_id=job_id)
+        txs = sorted({p.tx_hash for p in payouts})
+        self.say(f"Paid {payouts.count()} replicas on chain in {len(txs)} release transaction(s): {', '.join(txs)}")
+        poster = Sender(w3, devchain.dev_keys(2)[1])
+        before = dep.token_contract(w3).balance_of(poster.address)
+        remaining = escrow.job_of(job_id).remaining
+        if remaining:
+            dep.escrow_contract(w3, poster).refund(job_id)
+        refunded = dep.token_contract(w3).balance_of(poster.address) - before
+        self.say(f"  poster {poster.address}: refunded {_tokens(refunded)} HWC")
+        for node in Node.objects.filter(payouts__job_id=job_id).distinct():
+            wallet = w3.to_checksum_address(node.wallet_address)
+            self.say(f"  node {node.name} {wallet}: credited {_tokens(escrow.credit_of(wallet))} HWC")
+        self.say(f"  treasury {dep.treasury}: {_tokens(escrow.credit_of(dep.treasury))} HWC in fees")
+        # The chain reader (beat, every 2 s) records the refund in the ledger; reconcile once it has.
+        while remaining and not LedgerEntry.objects.filter(job_id=job_id, kind=EntryKind.REFUND).exists():
+            supervisor.check()
+            if time.monotonic() > deadline:
+                raise CommandError("The refund never reached the ledger; see var/logs/worker.log.")
+            time.sleep(0.5)
+        mismatches = reconcile(w3=w3, escrow=escrow, from_block=dep.block_number)
+        for mismatch in mismatches:
+            self.say(f"  MISMATCH {mismatch}", self.style.ERROR)
+        if mismatches:
+            raise CommandError("The ledger does not match the chain (see above).")
+        self.say("The ledger matches the chain (payments reconcile).")
+
     def _start_processes(self, supervisor: Supervisor, *, redis_url: str, port: int, timeout: float) -> str:
         if not _port_free(port):
             new_port = _free_port()
@@ -172,6 +259,7 @@ class Command(BaseCommand):
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
+            "ETH_RPC_URL": settings.ETH_RPC_URL,
             "HASHWORK_VAR_DIR": str(settings.VAR_DIR),
             "DJANGO_SETTINGS_MODULE": "marketplace.settings",
             "PYTHONUNBUFFERED": "1",
@@ -189,10 +277,17 @@ class Command(BaseCommand):
              "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"marketplace-{os.getpid()}@%h"],
             env,
         )  # fmt: skip
+        # The settlement worker alone owns the operator key's nonce: its own queue, one process.
+        supervisor.start(
+            "settlement",
+            [python, "-m", "celery", "-A", "marketplace", "worker", "--queues", Queue.SETTLEMENT.value,
+             "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"settlement-{os.getpid()}@%h"],
+            env,
+        )  # fmt: skip
         supervisor.start("beat", [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO"], env)
         self.env = env
         base_url = f"http://127.0.0.1:{port}"
-        self.say(f"Starting the web server on {base_url}, a marketplace worker and beat…")
+        self.say(f"Starting the web server on {base_url}, the marketplace and settlement workers and beat…")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             supervisor.check()
@@ -221,7 +316,7 @@ class Command(BaseCommand):
             raise CommandError(f"Posting the sample job failed with HTTP {status}: {body}")
         self.say(
             f"Posted a benchmark job through the API: {body['task_count']} tasks × {body['replication']} replicas, "
-            f"quote {int(body['quote']) / 10**18:g} tokens ({body['quote']} base units), state {body['state']}."
+            f"quote {_tokens(int(body['quote']))} HWC ({body['quote']} base units) plus fees, state {body['state']}."
         )
         return UUID(body["id"])
 
@@ -282,14 +377,15 @@ class Command(BaseCommand):
         self.say(f"The job is completed: every task's replicas agreed ({spread}).")
 
     def _fund_and_wait(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
-        poster = get_user_model().objects.get(username=DEMO_POSTER)
-        services.job_fund_dev(job_id=job_id, actor=poster)
-        self.say("Funded it with the dev service (no chain yet); waiting for the worker to split it into tasks…")
+        out = io.StringIO()
+        call_command("chain", "fund-dev", str(job_id), "--extra", "2", stdout=out)
+        self.say(out.getvalue().strip())
+        self.say("Waiting for the marketplace to see the deposit and split the job into tasks…")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             supervisor.check()
             job = Job.objects.get(id=job_id)
-            if job.state != JobState.FUNDED:
+            if job.state not in (JobState.DRAFT, JobState.FUNDED):
                 self.say(f"The worker split the job into {job.tasks.count()} tasks; it is now {job.state}.")
                 return
             time.sleep(0.2)

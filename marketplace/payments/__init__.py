@@ -1,0 +1,1 @@
+"""Money: deposits seen on chain, an append-only ledger, payouts for accepted work, settlement on the escrow."""
