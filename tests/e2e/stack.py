@@ -18,7 +18,12 @@ import psycopg
 import redis
 import requests
 from django.conf import settings
+from web3 import Web3
 
+from contracts import devchain
+from contracts.connection import connect
+from contracts.deploy import Deployment, deploy, load_deployment
+from contracts.sender import Sender
 from marketplace.core.processes import Supervisor, die_with_parent
 from tests.helpers import wait_for
 
@@ -87,8 +92,11 @@ class Agent:
 
 
 class Stack:
-    def __init__(self, var_dir: Path, **settings_env: str) -> None:
+    def __init__(self, var_dir: Path, *, chain: bool = False, settlement: bool = True, **settings_env: str) -> None:
         self.var_dir = var_dir
+        self.with_chain = chain
+        self.with_settlement = settlement
+        self.anvil: devchain.DevChain | None = None
         self.tag = uuid.uuid4().hex[:10]
         self.prefix = f"e2e-{self.tag}:"
         self.database: str | None = None
@@ -139,7 +147,42 @@ class Stack:
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
+    def chain_start(self, port: int | None = None) -> None:
+        """The stack's own Anvil, its state kept under the stack's var dir (so a restart keeps the chain)."""
+        self.anvil = devchain.start(
+            port=port,
+            state_file=self.var_dir / "chain" / "anvil-state.json",
+            log_file=self.var_dir / "logs" / "anvil.log",
+        )
+        self.env["ETH_RPC_URL"] = self.anvil.url
+
+    def chain_stop(self) -> int:
+        assert self.anvil is not None
+        port = self.anvil.port
+        self.anvil.stop()
+        return port
+
+    def w3(self) -> Web3:
+        return connect(self.env["ETH_RPC_URL"])
+
+    def deployment(self) -> Deployment:
+        return load_deployment(self.var_dir / "chain" / "deployments.json", devchain.ANVIL_CHAIN_ID)
+
+    def start_settlement(self) -> None:
+        self.supervisor.start(
+            "settlement",
+            [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "--concurrency", "1",
+             "--loglevel", "INFO", "--queues", "mp.settlement", "--hostname", f"settle-{uuid.uuid4().hex[:6]}@%h"],
+            self.env,
+        )  # fmt: skip
+
     def start(self) -> Stack:
+        if self.with_chain:
+            self.chain_start()
+            w3 = self.w3()
+            keys = devchain.dev_keys()
+            deploy(w3, Sender(w3, keys[0]), Sender(w3, keys[-1]).address, 250,
+                   deployments_file=self.var_dir / "chain" / "deployments.json")  # fmt: skip
         self.manage("migrate", "--noinput", "-v", "0")
         python = sys.executable
         self.supervisor.start(
@@ -154,12 +197,8 @@ class Stack:
              "--queues", "mp.default,mp.scheduler,mp.verify,mp.aggregate,mp.chain", "--hostname", f"mp-{self.tag}@%h"],
             self.env,
         )  # fmt: skip
-        self.supervisor.start(
-            "settlement",
-            [python, "-m", "celery", "-A", "marketplace", "worker", "--concurrency", "1", "--loglevel", "INFO",
-             "--queues", "mp.settlement", "--hostname", f"settle-{self.tag}@%h"],
-            self.env,
-        )  # fmt: skip
+        if self.with_settlement:
+            self.start_settlement()
         self.supervisor.start(
             "beat",
             [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO",
@@ -188,7 +227,11 @@ class Stack:
         self.agents.append(agent)
         return agent
 
-    def post_job(self, spec: dict[str, Any], *, replication: int, price: int = 10**18) -> str:
+    def post_job(
+        self, spec: dict[str, Any], *, replication: int, price: int = 10**18, on_chain_extra: str | None = None
+    ) -> str:
+        """Post a benchmark job and fund it: with the dev service, or in the escrow (`chain fund-dev`, with
+        `on_chain_extra` tokens beyond what it needs)."""
         reply = self.poster.post(
             f"{self.url}/api/jobs/",
             json={"kind": "benchmark", "spec": spec, "price_per_replica": str(price), "replication": replication},
@@ -196,7 +239,10 @@ class Stack:
         )
         assert reply.status_code == 201, reply.text
         job_id: str = reply.json()["id"]
-        self.manage("job", "fund-dev", job_id)
+        if on_chain_extra is None:
+            self.manage("job", "fund-dev", job_id)
+        else:
+            self.manage("chain", "fund-dev", job_id, "--extra", on_chain_extra)
         return job_id
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -232,5 +278,7 @@ class Stack:
             name = user.decode() if isinstance(user, bytes) else user
             if name.startswith(f"{self.prefix.rstrip(':')}.node."):
                 admin.execute_command("ACL", "DELUSER", name)
+        if self.anvil is not None:
+            self.anvil.stop()
         if self.database:
             self._pg_admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
