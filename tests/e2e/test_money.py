@@ -89,7 +89,11 @@ def test_a_job_is_funded_on_chain_paid_per_accepted_replica_refunded_and_reconci
 
 
 def test_an_under_funded_job_never_dispatches_until_it_is_topped_up(stack: Stack) -> None:
-    stack.agent("miner")
+    miner = stack.agent("miner")
+    # Nothing earned yet: a withdrawal is refused with a reason, and nothing is sent.
+    refused = stack.nodeagent("miner", "withdraw", env=miner.env)
+    assert refused.returncode == 2
+    assert "no credit in the escrow yet" in refused.stderr
     reply = stack.poster.post(
         f"{stack.url}/api/jobs/",
         json={"kind": "benchmark", "spec": {"tasks": 2, "matrix_size": 16, "seed": 1},

@@ -258,3 +258,42 @@ def _wait_for_url(process: subprocess.Popen[bytes], *, timeout: float) -> str:
                 if line.strip().startswith("export ETH_RPC_URL="):
                     return line.split("=", 1)[1].strip()
     raise AssertionError(f"chain serve printed no URL within {timeout}s:\n{seen.decode(errors='replace')}")
+
+
+@pytest.mark.django_db
+def test_fund_dev_funds_a_draft_job_with_what_it_needs_and_the_extra(on_local: devchain.DevChain) -> None:
+    from marketplace.payments.services import funding_required
+    from tests.factories import JobFactory
+
+    call_command("chain", "deploy", stdout=io.StringIO())
+    job = JobFactory(task_count=2, replication=2, price_per_replica=10**18)
+    out = io.StringIO()
+    call_command("chain", "fund-dev", str(job.id), "--extra", "0.5", stdout=out)
+    assert "Funded job" in out.getvalue()
+    w3 = connect(on_local.url)
+    escrow = load_deployment(django_settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id).escrow_contract(w3)
+    assert escrow.job_of(job.id).remaining == funding_required(job=job, fee_bps=250) + 10**18 // 2
+    # Someone who is not the job's poster cannot top it up: the escrow refuses, and the error says why.
+    with pytest.raises(CommandError, match="EscrowNotPoster"):
+        call_command("chain", "fund-dev", str(job.id), "--account", "2", "--extra", "1", stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["not-a-uuid"], "is not a job id"),
+        (["00000000-0000-0000-0000-000000000000"], "There is no job"),
+        (["{running}"], "only a draft job"),
+        (["{draft}", "--extra", "-1"], "--extra"),
+        (["{draft}", "--account", "12"], "--account 12"),
+    ],
+)
+def test_fund_dev_names_what_is_wrong_before_touching_the_chain(args: list[str], message: str) -> None:
+    from marketplace.jobs.models import JobState
+    from tests.factories import JobFactory
+
+    jobs = {"draft": JobFactory(), "running": JobFactory(state=JobState.RUNNING)}
+    argv = [a.format(**{k: str(v.id) for k, v in jobs.items()}) for a in args]
+    with pytest.raises(CommandError, match=message):
+        call_command("chain", "fund-dev", *argv)
