@@ -24,6 +24,7 @@ api = [
     path("jobs/", job_apis.JobListApi.as_view(), name="jobs"),
     path("jobs/<uuid:job_id>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/output/", job_apis.JobOutputApi.as_view(), name="job-output"),
     path("jobs/<uuid:job_id>/tasks/", job_apis.JobTaskListApi.as_view(), name="job-tasks"),
     path("jobs/<uuid:job_id>/results/", job_apis.JobResultListApi.as_view(), name="job-results"),
     path("results/<uuid:result_id>/artifact/", job_apis.ResultArtifactApi.as_view(), name="result-artifact"),

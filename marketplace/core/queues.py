@@ -24,6 +24,7 @@ class TaskName(StrEnum):
     TASK_VERIFY = "jobs.task_verify"
     CHAIN_SYNC = "payments.chain_sync"
     SETTLE = "payments.settle"
+    RENDER_MERGE = "jobs.render_merge"
 
 
 # The queues a marketplace worker consumes (the settlement queue gets its own single worker later).
@@ -37,6 +38,7 @@ CELERY_TASK_ROUTES = {
     TaskName.LEASES_EXPIRE.value: {"queue": Queue.SCHEDULER.value},
     TaskName.TASK_VERIFY.value: {"queue": Queue.VERIFY.value},
     TaskName.CHAIN_SYNC.value: {"queue": Queue.CHAIN.value},
+    TaskName.RENDER_MERGE.value: {"queue": Queue.AGGREGATE.value},
     # One worker with concurrency 1 consumes this queue: it alone holds the operator key's nonce.
     TaskName.SETTLE.value: {"queue": Queue.SETTLEMENT.value},
 }

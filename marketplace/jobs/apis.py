@@ -41,6 +41,7 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
     price_per_replica = TokenAmountField()
     quote = TokenAmountField()
     tasks = serializers.SerializerMethodField()
+    output_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -59,10 +60,14 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
             "funded_at",
             "finished_at",
             "tasks",
+            "output_url",
         ]
 
     def get_tasks(self, job: Job) -> dict[str, int]:
         return selectors.job_task_counts(job=job)
+
+    def get_output_url(self, job: Job) -> str | None:
+        return f"/api/jobs/{job.id}/output/" if hasattr(job, "output") else None
 
 
 class JobCreateInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -110,6 +115,26 @@ class JobDetailApi(APIView):
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
         return Response(JobOutputSerializer(job).data)
+
+
+class JobOutputApi(APIView):
+    @extend_schema(
+        operation_id="jobs_output_retrieve",
+        responses={
+            (200, "application/zip"): OpenApiResponse(description="The job's dataset (COCO, merged)."),
+            **_errors(401, 404, 409),
+        },
+        description="Download what a completed job produced (a render job's merged COCO dataset).",
+    )
+    def get(self, request: Request, job_id: UUID) -> FileResponse:
+        job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        output = selectors.job_output(job=job)
+        return FileResponse(
+            output.file.open("rb"),
+            as_attachment=True,
+            filename=f"{job.kind}-{job.id}.zip",
+            content_type="application/zip",
+        )
 
 
 class JobCancelApi(APIView):

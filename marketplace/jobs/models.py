@@ -195,3 +195,20 @@ class Result(models.Model):
 
     def __str__(self) -> str:
         return f"result of assignment {self.assignment_id}"
+
+
+def job_output_path(instance: JobOutput, filename: str) -> str:
+    return f"outputs/{instance.job_id}/dataset.zip"
+
+
+class JobOutput(models.Model):
+    """What a completed job produced as one file (a render job's merged COCO dataset)."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="output")
+    file = models.FileField(upload_to=job_output_path, max_length=255)
+    size = models.PositiveBigIntegerField()
+    summary = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"output of job {self.job_id}"

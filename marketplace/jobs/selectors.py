@@ -6,8 +6,8 @@ from uuid import UUID
 
 from django.db.models import Count, QuerySet
 
-from marketplace.core.exceptions import NotFound
-from marketplace.jobs.models import Assignment, Job, Result, Task
+from marketplace.core.exceptions import Conflict, NotFound
+from marketplace.jobs.models import Assignment, Job, JobOutput, JobState, Result, Task
 from marketplace.nodes.models import Node
 
 
@@ -62,3 +62,12 @@ def assignment_get_for_node(*, assignment_id: UUID, node: Node) -> Assignment:
     if assignment is None:
         raise NotFound("No such assignment for this node.")
     return assignment
+
+
+def job_output(*, job: Job) -> JobOutput:
+    output = JobOutput.objects.filter(job=job).first()
+    if output is not None:
+        return output
+    if job.state == JobState.COMPLETED:
+        raise Conflict("The job is complete and its output is being assembled: try again in a moment.")
+    raise Conflict(f"The job is {job.state}; it has an output once it has completed.", {"state": job.state})

@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from marketplace.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -25,6 +28,7 @@ from marketplace.jobs.models import (
     Assignment,
     AssignmentState,
     Job,
+    JobOutput,
     JobState,
     Result,
     Task,
@@ -297,3 +301,36 @@ def assignment_fail(*, assignment_id: UUID, node: Node, reason: str) -> Assignme
     transaction.on_commit(schedule_request)
     assignment.refresh_from_db()
     return assignment
+
+
+def job_output_build(*, job_id: UUID) -> JobOutput | None:
+    """Merge a completed render job's accepted chunks (one replica per task) into its dataset. Idempotent."""
+    from synthetic import merge
+
+    job = Job.objects.filter(id=job_id, state=JobState.COMPLETED).first()
+    if job is None or JobOutput.objects.filter(job=job).exists():
+        return None
+    kind = kinds.get(job.kind)
+    chunks = []
+    for task in job.tasks.order_by("index"):
+        result = (
+            Result.objects.filter(assignment__task=task, assignment__state=AssignmentState.ACCEPTED)
+            .order_by("created_at")
+            .first()
+        )
+        if result is None:
+            raise Conflict(f"Task {task.index} of job {job_id} has no accepted result to merge.")
+        chunks.append(kind.result_value(result))
+    with tempfile.TemporaryDirectory(prefix="hw-merge-") as tmp:
+        archive = Path(tmp) / "dataset.zip"
+        summary = merge(chunks, archive)
+        output = JobOutput(job=job, size=archive.stat().st_size, summary=summary)
+        with archive.open("rb") as handle:
+            output.file.save("dataset.zip", File(handle), save=False)
+        try:
+            with transaction.atomic():
+                output.save()
+        except IntegrityError:
+            return JobOutput.objects.get(job=job)
+    logger.info("job %s: dataset merged (%s)", job_id, summary)
+    return output

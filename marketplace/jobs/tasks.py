@@ -62,3 +62,9 @@ def task_verify_task(task_id: str) -> str:
 @shared_task(name=TaskName.JOBS_EXPIRE.value, acks_late=True)
 def jobs_expire_task() -> int:
     return services.jobs_expire()
+
+
+@shared_task(name=TaskName.RENDER_MERGE.value, acks_late=True)
+def render_merge_task(job_id: str) -> str:
+    output = services.job_output_build(job_id=UUID(job_id))
+    return str(output.summary) if output else "nothing to merge"

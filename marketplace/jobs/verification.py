@@ -109,4 +109,9 @@ def job_complete_if_done(*, job_id: UUID) -> bool:
     )
     if done:
         logger.info("job %s completed", job_id)
+        kind = kinds.get(Job.objects.values_list("kind", flat=True).get(id=job_id))
+        if kind.on_complete:
+            from marketplace.celery import app
+
+            transaction.on_commit(lambda: app.send_task(kind.on_complete, args=[str(job_id)]))
     return bool(done)

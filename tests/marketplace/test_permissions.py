@@ -33,6 +33,7 @@ POSTER_ENDPOINTS = [
     ("post", "/api/jobs/{job}/cancel/"),
     ("get", "/api/jobs/{job}/tasks/"),
     ("get", "/api/jobs/{job}/results/"),
+    ("get", "/api/jobs/{job}/output/"),
     ("get", "/api/results/{result}/artifact/"),
     ("post", "/api/nodes/enroll/"),
 ]

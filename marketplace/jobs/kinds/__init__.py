@@ -38,6 +38,11 @@ class Kind:
     time_limit_seconds: int = 3600
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # A kind whose spec is validated elsewhere (synthetic's render spec) parses it itself: the parser returns
+    # the parsed spec or raises ValidationFailed naming each field as spec.<path>.
+    parser: Callable[[dict[str, Any]], Any] | None = None
+    # Called once a job of this kind has completed (for example: merge its chunks into one dataset).
+    on_complete: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +101,12 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def parse_spec(kind: Kind, spec: Any) -> BaseModel:
+def parse_spec(kind: Kind, spec: Any) -> Any:
     """Validate `spec` with the kind's schema; errors name each field as spec.<path>."""
     if not isinstance(spec, dict):
         raise ValidationFailed({"spec": ["Must be a JSON object."]})
+    if kind.parser is not None:
+        return kind.parser(spec)
     try:
         return kind.spec_model.model_validate(spec)
     except ValidationError as exc:
@@ -111,5 +118,6 @@ def parse_spec(kind: Kind, spec: Any) -> BaseModel:
 
 
 from marketplace.jobs.kinds import benchmark as _benchmark  # noqa: E402  (registers itself)
+from marketplace.jobs.kinds import render as _render  # noqa: E402  (registers itself)
 
-__all__ = ["Kind", "TaskPlan", "_benchmark", "get", "names", "parse_spec", "register"]
+__all__ = ["Kind", "TaskPlan", "Verdict", "_benchmark", "_render", "decide", "get", "names", "parse_spec", "register"]

@@ -1,0 +1,144 @@
+"""The `render` kind: a synthetic render spec (synthetic.spec) plus `chunk_size`; one task renders one chunk of
+images on a node; replicas agree when synthetic.compare finds their labels identical and their RGB within the
+PSNR rule; a completed job's chunks are merged into one COCO dataset. The runner is nodeagent.runners.render."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from marketplace.core.exceptions import ValidationFailed
+from marketplace.jobs.kinds import Kind, TaskPlan, register
+
+MAX_CHUNK_SIZE = 256
+MAX_UNPACKED_BYTES = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class RenderJobSpec:
+    scene: dict[str, Any]
+    images: int
+    chunk_size: int
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        return {**self.scene, "chunk_size": self.chunk_size}
+
+
+def parse(spec: dict[str, Any]) -> RenderJobSpec:
+    """Validate with synthetic's own schema; every error names its field as spec.<path>."""
+    from synthetic import SpecError, validate_spec
+
+    scene = {k: v for k, v in spec.items() if k != "chunk_size"}
+    fields: dict[str, list[str]] = {}
+    chunk_size = spec.get("chunk_size", 4)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        fields["spec.chunk_size"] = [f"Must be a whole number of images from 1 to {MAX_CHUNK_SIZE}."]
+    try:
+        parsed = validate_spec(scene)
+    except SpecError as exc:
+        for path, message in exc.errors:
+            fields.setdefault(f"spec.{path}", []).append(message)
+        raise ValidationFailed(fields) from None
+    if fields:
+        raise ValidationFailed(fields)
+    if _uses_assets(scene):
+        # Assets are files attached to a job; the marketplace cannot take those uploads yet.
+        raise ValidationFailed({"spec.catalog": ["glTF assets are not supported by marketplace jobs yet."]})
+    normalised = parsed.model_dump(mode="json")
+    return RenderJobSpec(scene=normalised, images=int(normalised["images"]), chunk_size=int(chunk_size))
+
+
+def _uses_assets(scene: dict[str, Any]) -> bool:
+    return any(item.get("kind") == "asset" for item in scene.get("catalog", []) if isinstance(item, dict))
+
+
+def task_count(spec: RenderJobSpec) -> int:
+    return math.ceil(spec.images / spec.chunk_size)
+
+
+def split(spec: RenderJobSpec) -> list[TaskPlan]:
+    width, height = spec.scene["output"]["resolution"]
+    # Blender itself plus a few full-resolution float buffers per image.
+    ram_mb = 1024 + math.ceil(width * height * 4 * 4 * 8 / 2**20)
+    requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": ["bpy"]}
+    return [
+        TaskPlan(
+            payload={"spec": spec.scene, "start": start, "count": min(spec.chunk_size, spec.images - start)},
+            requirements=requirements,
+        )
+        for start in range(0, spec.images, spec.chunk_size)
+    ]
+
+
+def _unpacked_dir(result: Any) -> Path:
+    return Path(settings.MEDIA_ROOT) / "unpacked" / str(result.id)
+
+
+def result_value(result: Any) -> Path:
+    """The result's chunk, unpacked once under MEDIA_ROOT/unpacked/ (safely: no path may leave the folder)."""
+    target = _unpacked_dir(result)
+    if (target / "chunk.json").exists():
+        return target
+    partial = target.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        with result.artifact.open("rb") as handle, zipfile.ZipFile(handle) as archive:
+            total = 0
+            for member in archive.infolist():
+                name = Path(member.filename)
+                if name.is_absolute() or ".." in name.parts:
+                    raise ValueError(f"the archive holds a path outside the chunk: {member.filename}")
+                total += member.file_size
+                if total > MAX_UNPACKED_BYTES:
+                    raise ValueError("the archive unpacks to more than 2 GiB")
+            archive.extractall(partial)
+    except (zipfile.BadZipFile, OSError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ValueError(f"the artifact is not a zip of a rendered chunk ({exc})") from exc
+    except ValueError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if not (partial / "chunk.json").exists():
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ValueError("the archive has no chunk.json: not a rendered chunk")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def agree(a: Path, b: Path) -> bool:
+    """Two replicas of one chunk agree: identical labels, RGB within synthetic's PSNR rule."""
+    from synthetic import compare
+
+    return bool(compare(a, b).ok)
+
+
+def chunk_digest(path: Path) -> str:
+    return hashlib.sha256((path / "chunk.json").read_bytes()).hexdigest()
+
+
+KIND = register(
+    Kind(
+        name="render",
+        spec_model=dict,  # type: ignore[arg-type]  (parsed by `parser`)
+        parser=parse,
+        task_count=task_count,
+        split=split,
+        result_value=result_value,
+        agree=agree,
+        artifact_max_bytes=512 * 2**20,
+        start_window_seconds=60,
+        lease_seconds=600,
+        time_limit_seconds=3600,
+        description="Labeled synthetic images rendered with Blender, in chunks; replicas must agree exactly.",
+        on_complete="jobs.render_merge",
+    )
+)
