@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,19 +34,26 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     out = done.stdout
     assert "embedded Valkey started" in out
     assert f"sqlite3 {tmp_path / 'hashwork.sqlite3'}" in out
-    assert "Posted a benchmark job through the API: 8 tasks × 2 replicas" in out
-    assert "The worker split the job into 8 tasks" in out
+    assert "Posted a render job through the API: 12 images in 3 chunks × 2 replicas" in out
+    assert "The worker split the job into 3 tasks" in out
     assert "Enrolled and started 2 local nodes" in out
-    assert "8/8 tasks verified, 0 running, 16 replicas accepted" in out
-    assert "The job is completed: every task's replicas agreed" in out
-    # Money: funded on the local chain with 2 HWC to spare, 16 replicas × 1 HWC paid, 2.5 % fee, rest refunded.
-    assert "with 18.4 HWC from" in out
-    assert "Paid 16 replicas on chain in 1 release transaction(s)" in out
-    assert out.count(": credited 8 HWC") == 2
-    assert ": 0.4 HWC in fees" in out
+    assert "3/3 chunks verified, 0 running, 6 replicas accepted" in out
+    assert "The job is completed: every chunk's replicas agreed" in out
+    # Money: funded on the local chain with 2 HWC to spare, 6 replicas × 1 HWC paid, 2.5 % fee, rest refunded.
+    assert "with 8.15 HWC from" in out
+    assert "Paid 6 replicas on chain in" in out
+    assert out.count(": credited 3 HWC") == 2
+    assert ": 0.15 HWC in fees" in out
     assert ": refunded 2 HWC" in out
     assert "The ledger matches the chain (payments reconcile)." in out
     assert "stopped Anvil" in out
+    # The dataset was downloaded through the API and is a COCO dataset of the 12 images.
+    assert "Dataset: 12 images" in out
+    with zipfile.ZipFile(tmp_path / "demo-dataset.zip") as archive:
+        coco = json.loads(archive.read("annotations.json"))
+    assert len(coco["images"]) == 12
+    assert coco["annotations"]
+    assert (tmp_path / "demo-preview.png").stat().st_size > 0
     assert f"http://127.0.0.1:{port}/api/jobs/" in out
     assert "stopped agent-1 (exit code 0)" in out
     assert "stopped agent-2 (exit code 0)" in out

@@ -33,7 +33,7 @@ from marketplace.celery import use_broker
 from marketplace.core import embedded_redis
 from marketplace.core.processes import ChildDied, Supervisor
 from marketplace.core.queues import MARKETPLACE_QUEUES, Queue
-from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job, JobState
+from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job, JobOutput, JobState
 from marketplace.nodes.models import Node
 from marketplace.nodes.services import node_deactivate
 from marketplace.payments.models import EntryKind, LedgerEntry, Payout, PayoutState
@@ -42,12 +42,31 @@ from marketplace.payments.services import reconcile
 DEMO_POSTER = "demo-poster"
 DEMO_OPERATOR = "demo-operator"
 DEMO_AGENTS = 2
+# The main job: a small labeled dataset of products on a shelf, rendered in 3 chunks on the two local nodes.
 SAMPLE_JOB: dict[str, Any] = {
-    "kind": "benchmark",
-    "spec": {"tasks": 8, "matrix_size": 256, "seed": 2026},
+    "kind": "render",
+    "spec": {
+        "catalog": [
+            {"kind": "carton", "category": "cereal", "size_m": {"width": [0.15, 0.25], "height": [0.2, 0.3],
+             "depth": [0.05, 0.08]}, "palette": ["#d62828", "#f7f7f7", "#003049"]},
+            {"kind": "bottle", "category": "water", "size_m": {"width": [0.06, 0.09], "height": [0.2, 0.3]},
+             "palette": ["#0077b6", "#ffffff"]},
+            {"kind": "can", "category": "soda", "size_m": {"width": [0.06, 0.07], "height": [0.11, 0.13]},
+             "palette": ["#e63946", "#ffffff"]},
+            {"kind": "jar", "category": "jam", "size_m": {"width": [0.07, 0.09], "height": [0.09, 0.12]},
+             "palette": ["#6a040f", "#ffba08"]},
+            {"kind": "pouch", "category": "chips", "size_m": {"width": [0.12, 0.18], "height": [0.18, 0.25],
+             "depth": [0.03, 0.05]}, "palette": ["#ffb703", "#023047"]},
+        ],
+        "scene": {"shelf": {"rows": [2, 3], "width_m": 0.9}},
+        "output": {"resolution": [160, 160], "samples": 8},
+        "seed": 2026,
+        "images": 12,
+        "chunk_size": 4,
+    },
     "price_per_replica": str(10**18),
     "replication": 2,
-}
+}  # fmt: skip
 
 
 class _Stop(Exception):
@@ -91,7 +110,8 @@ class Command(BaseCommand):
     help = (
         "Run Hashwork locally on embedded defaults: start the embedded Redis (unless REDIS_URL is set), the web "
         "server, a marketplace Celery worker and beat; enrol and start two local node agents; post a sample "
-        "benchmark job through the API as a demo poster, fund it in the escrow on a local Anvil chain (or "
+        "render job (a small labeled dataset) through the API as a demo poster, fund it in the escrow on a local "
+        "Anvil chain (or "
         "ETH_RPC_URL's), follow it until every task is verified and paid, refund the poster and print the balances; "
         "print the URL, token and job id. Runs until Ctrl-C (with --headless, exits 0 once "
         "the job has completed), then stops every process it started."
@@ -140,6 +160,7 @@ class Command(BaseCommand):
             self._fund_and_wait(job_id, supervisor, timeout)
             self._follow(job_id, supervisor, timeout)
             self._settle_and_refund(job_id, supervisor, timeout)
+            self._dataset(base_url, token, job_id, supervisor, timeout)
             self.say("")
             self.say(f"  Marketplace  {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
             self.say(f"  API token    {token}   (user {DEMO_POSTER})", self.style.SUCCESS)
@@ -147,7 +168,7 @@ class Command(BaseCommand):
             self.say(f"  Try:  curl -H 'Authorization: Token {token}' {base_url}/api/jobs/{job_id}/")
             self.say(f"  Logs: {supervisor.log_dir}")
             if headless:
-                self.say("Headless demo finished: the sample job ran on two local nodes, was verified and paid.")
+                self.say("Headless demo finished: the dataset was rendered on two local nodes, verified and paid.")
                 return
             self.say("Running. Press Ctrl-C to stop.")
             while True:
@@ -205,6 +226,31 @@ class Command(BaseCommand):
             treasury = Sender(w3, keys[-1]).address
             dep = deploy(w3, Sender(w3, keys[0]), treasury, 250, deployments_file=settings.CHAIN_DEPLOYMENTS_FILE)
         self.say(f"Chain: {'Anvil' if self.devchain else url} (chain {dep.chain_id}), escrow {dep.escrow}")
+
+    def _dataset(self, base_url: str, token: str, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
+        """Download the merged dataset through the API, as the poster would, and draw one labeled preview."""
+        deadline = time.monotonic() + timeout
+        while not JobOutput.objects.filter(job_id=job_id).exists():
+            supervisor.check()
+            if time.monotonic() > deadline:
+                raise CommandError(f"The dataset was not merged within {timeout:.0f}s; see var/logs/worker.log.")
+            time.sleep(0.5)
+        request = urllib.request.Request(  # noqa: S310 - our own local server
+            f"{base_url}/api/jobs/{job_id}/output/", headers={"Authorization": f"Token {token}"}
+        )
+        target = settings.VAR_DIR / "demo-dataset.zip"
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            target.write_bytes(response.read())
+        summary = JobOutput.objects.get(job_id=job_id).summary
+        preview = settings.VAR_DIR / "demo-preview.png"
+        shown = subprocess.run(
+            [sys.executable, "-m", "synthetic", "show", str(target), "--image", "0", "--out", str(preview)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        self.say(
+            f"Dataset: {summary.get('images')} images, {summary.get('annotations')} labeled objects (COCO) in {target}"
+            + (f"; a labeled preview is in {preview}" if shown.returncode == 0 else "")
+        )
 
     def _settle_and_refund(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
         """Wait until the settlement worker has paid every accepted replica and closed the job, then refund the
@@ -315,7 +361,8 @@ class Command(BaseCommand):
         if status != 201:
             raise CommandError(f"Posting the sample job failed with HTTP {status}: {body}")
         self.say(
-            f"Posted a benchmark job through the API: {body['task_count']} tasks × {body['replication']} replicas, "
+            f"Posted a render job through the API: {body['spec']['images']} images in {body['task_count']} chunks × "
+            f"{body['replication']} replicas, "
             f"quote {_tokens(int(body['quote']))} HWC ({body['quote']} base units) plus fees, state {body['state']}."
         )
         return UUID(body["id"])
@@ -355,7 +402,7 @@ class Command(BaseCommand):
             for state in job.tasks.values_list("state", flat=True):
                 counts[state] += 1
             line = (
-                f"  {counts['completed']}/{job.task_count} tasks verified, {counts['running']} running, "
+                f"  {counts['completed']}/{job.task_count} chunks verified, {counts['running']} running, "
                 f"{Assignment.objects.filter(task__job=job, state=AssignmentState.ACCEPTED).count()} replicas accepted"
             )
             if line != last_line:
@@ -374,7 +421,7 @@ class Command(BaseCommand):
         ):
             per_node[name] = per_node.get(name, 0) + 1
         spread = ", ".join(f"{name}: {n}" for name, n in sorted(per_node.items()))
-        self.say(f"The job is completed: every task's replicas agreed ({spread}).")
+        self.say(f"The job is completed: every chunk's replicas agreed ({spread}).")
 
     def _fund_and_wait(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
         out = io.StringIO()
