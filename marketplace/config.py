@@ -63,6 +63,7 @@ class Config:
     operator_key: str | None
     chain_confirmations: int
     public_eth_rpc_url: str | None
+    replication_p: float
     problems: tuple[str, ...] = field(default=())
 
 
@@ -90,6 +91,21 @@ def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], *
         return default
     if value < minimum:
         problems.append(f"{name}={value} must be at least {minimum}.")
+        return default
+    return value
+
+
+def _probability(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not a number.")
+        return default
+    if not 0.0 <= value <= 1.0:
+        problems.append(f"{name}={value} is not a probability: use 0 to 1.")
         return default
     return value
 
@@ -280,6 +296,7 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         operator_key=_operator_key(env, problems),
         chain_confirmations=_int(env, "CHAIN_CONFIRMATIONS", 0, problems, minimum=0),
         public_eth_rpc_url=_eth_rpc_url(env, problems, "PUBLIC_ETH_RPC_URL"),
+        replication_p=_probability(env, "HASHWORK_REPLICATION_P", 0.1, problems),
     )
     if problems:
         raise ConfigError(problems)

@@ -197,6 +197,10 @@ HASHWORK = {
     "JOB_NODE_MAX_FAILURES": 2,
     # A tie between replicas asks for more, up to replication + this many.
     "MAX_EXTRA_REPLICAS": 3,
+    # Adaptive replication: after this many consecutive accepted results a node's work is replicated only with
+    # probability REPLICATION_P (and spot-checked otherwise), for kinds that can be spot-checked.
+    "TRUSTED_AFTER": 10,
+    "REPLICATION_P": CONFIG.replication_p,
     # The JSON-RPC URL node agents and wallets are told to use (withdrawals); defaults to ETH_RPC_URL.
     "PUBLIC_ETH_RPC_URL": CONFIG.public_eth_rpc_url,
 }

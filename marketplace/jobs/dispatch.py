@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -109,12 +110,28 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
             except IntegrityError:
                 # This node already had a replica of this task: replicas must be on different nodes.
                 raise _NoLease from None
+            _maybe_spot_check(task=task, job=job, node=node)
             message = assignment_message(assignment=assignment, task=task, job=job)
             transaction.on_commit(lambda: broker.assignment_publish(node_id=node.id, message=message))
     except _NoLease:
         return LeaseOutcome(None)
     logger.info("assignment %s: task %s of job %s leased to node %s", assignment.id, task.index, job.id, node.id)
     return LeaseOutcome(assignment)
+
+
+def _maybe_spot_check(*, task: Task, job: Job, node: Node) -> None:
+    """Adaptive replication: the first replica of a task, on a node with a long run of accepted results, may be
+    the only one; it is then spot-checked by the marketplace. New, failing or recently wrong nodes never are."""
+    if kinds.get(job.kind).spot_check is None or job.replication < 2:
+        return
+    if node.consecutive_valid < settings.HASHWORK["TRUSTED_AFTER"]:
+        return
+    if secrets.SystemRandom().random() < settings.HASHWORK["REPLICATION_P"]:
+        return
+    # Only while this is the task's sole replica: a concurrent lease of a second one keeps full replication.
+    Task.objects.filter(id=task.id, live_replicas=1, replicas_wanted=job.replication, spot_check=False).update(
+        replicas_wanted=1, spot_check=True
+    )
 
 
 def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[str, Any]:

@@ -120,6 +120,8 @@ class Task(models.Model):
     replicas_wanted = models.PositiveSmallIntegerField(default=1)
     live_replicas = models.PositiveSmallIntegerField(default=0)
     lost_attempts = models.PositiveSmallIntegerField(default=0)
+    # Adaptive replication: a trusted node's single replica, verified by a marketplace spot check instead.
+    spot_check = models.BooleanField(default=False)
     state_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -73,6 +73,8 @@ def task_verify(*, task_id: UUID) -> str:
         if task.state != TaskState.RUNNING:
             return task.state
 
+        if task.spot_check and kind.spot_check is not None and values:
+            return _spot_checked(task=task, kind=kind, values=values, nodes=nodes)
         verdict = kinds.decide(values, quorum=quorum, agree=kind.agree)
         if not verdict.needs_another_replica:
             for a in verdict.accepted:
@@ -95,6 +97,22 @@ def task_verify(*, task_id: UUID) -> str:
             Task.objects.filter(id=task.id).update(replicas_wanted=F("replicas_wanted") + 1)
             logger.info("task %s of job %s: replicas disagree, leasing one more", task.index, task.job_id)
         return task.state
+
+
+def _spot_checked(*, task: Task, kind: Any, values: dict[str, Any], nodes: dict[str, Any]) -> str:
+    """The task's one replica (a trusted node's) against the marketplace's own re-render of a random image."""
+    assert kind.spot_check is not None
+    assignment_id, value = next(iter(values.items()))
+    ok, reason = kind.spot_check(task, value)
+    if ok:
+        _accept(UUID(assignment_id), nodes[assignment_id])
+        Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
+        transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
+        return TaskState.COMPLETED
+    _reject(UUID(assignment_id), nodes[assignment_id], f"spot check failed: {reason}")
+    # Trust is gone: back to full replication on other nodes.
+    Task.objects.filter(id=task.id).update(replicas_wanted=task.job.replication, spot_check=False)
+    return task.state
 
 
 def job_complete_if_done(*, job_id: UUID) -> bool:

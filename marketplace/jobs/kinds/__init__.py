@@ -43,6 +43,9 @@ class Kind:
     parser: Callable[[dict[str, Any]], Any] | None = None
     # Called once a job of this kind has completed (for example: merge its chunks into one dataset).
     on_complete: str | None = None
+    # A check of one replica without another (spot_check(task, result value) -> (ok, reason)); kinds that have
+    # one get adaptive replication: trusted nodes' work is replicated only with probability p.
+    spot_check: Callable[[Any, Any], tuple[bool, str]] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -121,6 +122,15 @@ def agree(a: Path, b: Path) -> bool:
     return bool(compare(a, b).ok)
 
 
+def spot_check(task: Any, chunk: Path) -> tuple[bool, str]:
+    """Re-render the label passes of one random image of the chunk here and require an exact match."""
+    from synthetic import spot_check as rerender_labels
+
+    index = task.payload["start"] + secrets.randbelow(task.payload["count"])
+    verdict = rerender_labels(task.payload["spec"], chunk, index)
+    return bool(verdict.ok), "; ".join(verdict.reasons[:3]) or f"image {index} re-rendered identically"
+
+
 def chunk_digest(path: Path) -> str:
     return hashlib.sha256((path / "chunk.json").read_bytes()).hexdigest()
 
@@ -140,5 +150,6 @@ KIND = register(
         time_limit_seconds=3600,
         description="Labeled synthetic images rendered with Blender, in chunks; replicas must agree exactly.",
         on_complete="jobs.render_merge",
+        spot_check=spot_check,
     )
 )

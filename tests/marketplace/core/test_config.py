@@ -74,6 +74,8 @@ def test_configured_services_are_used(tmp_path: Path) -> None:
         ("OPERATOR_KEY", "0x1234"),
         ("OPERATOR_KEY_FILE", "/nonexistent/operator.key"),
         ("CHAIN_CONFIRMATIONS", "-1"),
+        ("HASHWORK_REPLICATION_P", "1.5"),
+        ("HASHWORK_REPLICATION_P", "often"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_name(tmp_path: Path, name: str, value: str) -> None:
