@@ -25,6 +25,7 @@ api = [
     path("jobs/<uuid:job_id>/", job_apis.JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/output/", job_apis.JobOutputApi.as_view(), name="job-output"),
+    path("jobs/<uuid:job_id>/assets/", job_apis.JobAssetUploadApi.as_view(), name="job-assets"),
     path("jobs/<uuid:job_id>/tasks/", job_apis.JobTaskListApi.as_view(), name="job-tasks"),
     path("jobs/<uuid:job_id>/results/", job_apis.JobResultListApi.as_view(), name="job-results"),
     path("results/<uuid:result_id>/artifact/", job_apis.ResultArtifactApi.as_view(), name="result-artifact"),
@@ -49,6 +50,11 @@ api = [
         "assignments/<uuid:assignment_id>/release/", job_apis.AssignmentReleaseApi.as_view(), name="assignment-release"
     ),
     path("assignments/<uuid:assignment_id>/fail/", job_apis.AssignmentFailApi.as_view(), name="assignment-fail"),
+    path(
+        "assignments/<uuid:assignment_id>/inputs/<uuid:asset_id>/",
+        job_apis.AssignmentInputApi.as_view(),
+        name="assignment-input",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

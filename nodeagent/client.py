@@ -86,6 +86,25 @@ class MarketplaceClient:
         result: dict[str, Any] = self._call("GET", "/api/chain/")
         return result
 
+    def download(self, path: str, target: Path) -> None:
+        """Fetch an input file (retried like every call) into `target`."""
+
+        def once() -> None:
+            try:
+                with self.session.get(f"{self.base_url}{path}", timeout=self.timeout, stream=True) as response:
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise TransientError(f"HTTP {response.status_code} from {path}")
+                    if response.status_code >= 400:
+                        error = Conflict if response.status_code == 409 else ApiError
+                        raise error(response.status_code, f"cannot fetch {path}")
+                    with target.open("wb") as out:
+                        for chunk in response.iter_content(chunk_size=1 << 20):
+                            out.write(chunk)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise TransientError(str(exc)) from exc
+
+        retry(once, what=f"GET {path}")
+
     def start(self, assignment_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/api/assignments/{assignment_id}/start/")
         return result

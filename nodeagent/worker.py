@@ -90,7 +90,7 @@ def run_assignment(message: dict[str, Any]) -> str:
     marker = running_dir(cfg) / assignment_id
     workdir = Path(tempfile.mkdtemp(prefix=f"{assignment_id}-", dir=cfg.state / "work"))
     try:
-        outcome = _run_child(cfg, message, workdir, marker)
+        outcome = _fetch_inputs(client, message, workdir) or _run_child(cfg, message, workdir, marker)
         if outcome is not None:
             with contextlib.suppress(Conflict):
                 client.fail(assignment_id, outcome)
@@ -112,6 +112,24 @@ def run_assignment(message: dict[str, Any]) -> str:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         marker.unlink(missing_ok=True)
+
+
+def _fetch_inputs(client: MarketplaceClient, message: dict[str, Any], workdir: Path) -> str | None:
+    """Download the assignment's input files into WORKDIR/inputs/ and check their hashes; None when all are there."""
+    inputs = workdir / "inputs"
+    for item in message.get("input_urls") or []:
+        relative = Path(str(item["path"]))
+        if relative.is_absolute() or ".." in relative.parts:
+            return f"input path {item['path']!r} leaves the working directory"
+        target = inputs / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client.download(str(item["url"]), target)
+        except (ApiError, TransientError) as exc:
+            return f"cannot fetch input {item['path']}: {exc}"
+        if hashlib.sha256(target.read_bytes()).hexdigest() != item["sha256"]:
+            return f"input {item['path']} does not match its sha256"
+    return None
 
 
 def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: Path, marker: Path) -> str | None:

@@ -326,3 +326,50 @@ class AssignmentFailApi(APIView):
             assignment_id=assignment_id, node=request.auth, reason=data.validated_data["reason"]
         )
         return Response(AssignmentOutputSerializer(assignment).data)
+
+
+class JobAssetUploadInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    path = serializers.CharField(max_length=255, help_text="The path the spec uses, e.g. models/widget.glb.")
+    file = serializers.FileField()
+
+
+class JobAssetOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    path = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+
+
+class JobAssetUploadApi(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        operation_id="jobs_assets_create",
+        request={"multipart/form-data": JobAssetUploadInputSerializer},
+        responses={201: JobAssetOutputSerializer, **_errors(400, 401, 404, 409)},
+        description="Upload a file the job's spec refers to (a render job's glTF model) while the job is a draft. "
+        "A job that needs assets starts only once they are all uploaded.",
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        data = JobAssetUploadInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        asset = services.job_asset_upload(job_id=job_id, poster=request.user, **data.validated_data)
+        return Response(JobAssetOutputSerializer(asset).data, status=status.HTTP_201_CREATED)
+
+
+class AssignmentInputApi(APIView):
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
+
+    @extend_schema(
+        operation_id="assignments_inputs_retrieve",
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(description="The input file's bytes."),
+            **_errors(401, 404, 409),
+        },
+        description="An input file of an open assignment (a render job's glTF asset), for its node only.",
+    )
+    def get(self, request: Request, assignment_id: UUID, asset_id: UUID) -> FileResponse:
+        asset = selectors.assignment_input(assignment_id=assignment_id, asset_id=asset_id, node=request.auth)
+        return FileResponse(asset.file.open("rb"), content_type="application/octet-stream")

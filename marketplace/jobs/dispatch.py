@@ -142,7 +142,11 @@ def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[
         "task_index": task.index,
         "kind": job.kind,
         "payload": task.payload,
-        "input_urls": [],
+        # Files the runner needs (a render job's glTF assets), fetched with the node's token and checked.
+        "input_urls": [
+            {"path": a.path, "url": f"/api/assignments/{assignment.id}/inputs/{a.id}/", "sha256": a.sha256}
+            for a in job.assets.order_by("path")
+        ],
         "time_limit_seconds": kinds.get(job.kind).time_limit_seconds,
         "start_by": assignment.start_by.isoformat(),
         "lease_expires_at": assignment.lease_expires_at.isoformat(),

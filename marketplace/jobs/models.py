@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.db import models
@@ -214,3 +215,25 @@ class JobOutput(models.Model):
 
     def __str__(self) -> str:
         return f"output of job {self.job_id}"
+
+
+def job_asset_path(instance: JobAsset, filename: str) -> str:
+    return f"assets/{instance.job_id}/{uuid.uuid4().hex}-{PurePosixPath(instance.path).name}"
+
+
+class JobAsset(models.Model):
+    """A file a job's spec refers to (a render job's glTF model), uploaded by its poster while it is a draft."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="assets")
+    path = models.CharField(max_length=255, help_text="The path the spec uses for it, e.g. models/widget.glb.")
+    file = models.FileField(upload_to=job_asset_path, max_length=255)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "path"], name="job_asset_unique_path")]
+
+    def __str__(self) -> str:
+        return f"asset {self.path} of job {self.job_id}"

@@ -7,7 +7,7 @@ from uuid import UUID
 from django.db.models import Count, QuerySet
 
 from marketplace.core.exceptions import Conflict, NotFound
-from marketplace.jobs.models import Assignment, Job, JobOutput, JobState, Result, Task
+from marketplace.jobs.models import ASSIGNMENT_OPEN, Assignment, Job, JobAsset, JobOutput, JobState, Result, Task
 from marketplace.nodes.models import Node
 
 
@@ -71,3 +71,13 @@ def job_output(*, job: Job) -> JobOutput:
     if job.state == JobState.COMPLETED:
         raise Conflict("The job is complete and its output is being assembled: try again in a moment.")
     raise Conflict(f"The job is {job.state}; it has an output once it has completed.", {"state": job.state})
+
+
+def assignment_input(*, assignment_id: UUID, asset_id: UUID, node: Node) -> JobAsset:
+    assignment = assignment_get_for_node(assignment_id=assignment_id, node=node)
+    if assignment.state not in ASSIGNMENT_OPEN:
+        raise Conflict(f"This assignment is {assignment.state}; its inputs are served only while it is open.")
+    asset = JobAsset.objects.filter(id=asset_id, job_id=assignment.task.job_id).first()
+    if asset is None:
+        raise NotFound("No such input for this assignment.")
+    return asset

@@ -7,7 +7,7 @@ import logging
 import re
 import tempfile
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +28,7 @@ from marketplace.jobs.models import (
     Assignment,
     AssignmentState,
     Job,
+    JobAsset,
     JobOutput,
     JobState,
     Result,
@@ -132,13 +133,31 @@ def assignment_transition(*, assignment_id: UUID, to: str, reason: str = "", **e
     return Assignment.objects.filter(id=assignment_id, state__in=sources).update(**updates) == 1
 
 
-@transaction.atomic
-def job_mark_funded(*, job_id: UUID, reason: str) -> None:
-    """A draft job's funding is in place (seen on chain, or the dev service): fund it and split it into tasks."""
-    job_transition(job_id=job_id, to=JobState.FUNDED, reason=reason)
-    from marketplace.jobs.tasks import job_split_task
+def job_missing_assets(*, job: Job) -> list[str]:
+    """The files the job's spec needs that its poster has not uploaded yet."""
+    kind = kinds.get(job.kind)
+    if kind.required_assets is None:
+        return []
+    have = set(job.assets.values_list("path", flat=True))
+    return [path for path in kind.required_assets(job.spec) if path not in have]
 
-    transaction.on_commit(lambda: job_split_task.delay(str(job_id)))
+
+def job_mark_funded(*, job_id: UUID, reason: str) -> None:
+    """A draft job's funding is in place (seen on chain, or the dev service): fund it and split it into tasks.
+    A job still missing uploaded assets stays a draft, with the reason, until they are there."""
+    job = Job.objects.get(id=job_id)
+    missing = job_missing_assets(job=job)
+    if missing:
+        # Outside any transaction: the reason must stay even though the funding is refused.
+        Job.objects.filter(id=job_id, state=JobState.DRAFT).update(
+            state_reason=f"waiting for assets: {', '.join(missing)}"
+        )
+        raise Conflict(f"The job needs its assets uploaded first: {', '.join(missing)}.", {"missing": missing})
+    with transaction.atomic():
+        job_transition(job_id=job_id, to=JobState.FUNDED, reason=reason)
+        from marketplace.jobs.tasks import job_split_task
+
+        transaction.on_commit(lambda: job_split_task.delay(str(job_id)))
 
 
 def job_fund_dev(*, job_id: UUID, actor: AbstractBaseUser) -> None:
@@ -334,3 +353,32 @@ def job_output_build(*, job_id: UUID) -> JobOutput | None:
             return JobOutput.objects.get(job=job)
     logger.info("job %s: dataset merged (%s)", job_id, summary)
     return output
+
+
+def job_asset_upload(*, job_id: UUID, poster: AbstractBaseUser, path: str, file: UploadedFile) -> JobAsset:
+    """Attach a file the job's spec refers to (replacing an earlier upload of the same path); drafts only."""
+    job = Job.objects.filter(id=job_id, poster=poster).first()
+    if job is None:
+        raise NotFound("No such job.")
+    if job.state != JobState.DRAFT:
+        raise Conflict(f"The job is {job.state}; assets can be uploaded only while it is a draft.")
+    kind = kinds.get(job.kind)
+    required = kind.required_assets(job.spec) if kind.required_assets else []
+    if path not in required:
+        wanted = ", ".join(required) or "none"
+        raise ValidationFailed({"path": [f"The spec does not use {path!r}; it uses: {wanted}."]})
+    if not path.lower().endswith(kind.asset_suffixes):
+        raise ValidationFailed({"file": [f"Must be one of: {', '.join(kind.asset_suffixes)}."]})
+    if file.size is None or file.size > kind.asset_max_bytes:
+        raise ValidationFailed({"file": [f"Is {file.size} bytes; assets are at most {kind.asset_max_bytes}."]})
+    digest = hashlib.sha256()
+    for chunk in file.chunks():
+        digest.update(chunk)
+    file.seek(0)
+    with transaction.atomic():
+        JobAsset.objects.filter(job=job, path=path).delete()
+        asset = JobAsset(job=job, path=path, size=file.size, sha256=digest.hexdigest())
+        asset.file.save(PurePosixPath(path).name, file, save=False)
+        asset.save()
+    logger.info("job %s: asset %s uploaded (%d bytes)", job.id, path, file.size)
+    return asset

@@ -240,9 +240,15 @@ def chain_sync(*, w3: Web3, escrow: JobEscrow, chain_id: int, start_block: int) 
     for job in Job.objects.filter(state=JobState.DRAFT, deposits__isnull=False).distinct():
         on_chain = escrow.job_of(job.id)
         if on_chain.remaining >= funding_required(job=job, fee_bps=fee_bps):
+            from marketplace.core.exceptions import Conflict
             from marketplace.jobs.services import job_mark_funded
 
-            job_mark_funded(job_id=job.id, reason=f"escrow holds {on_chain.remaining} base units")
+            try:
+                job_mark_funded(job_id=job.id, reason=f"escrow holds {on_chain.remaining} base units")
+            except Conflict as exc:
+                # Funded but still missing uploads (a render job's assets): it starts once they are there.
+                logger.info("job %s is funded but not ready: %s", job.id, exc.message)
+                continue
             report.funded_jobs.append(job.id)
     return report
 

@@ -16,7 +16,8 @@ def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
     chunk = workdir / "chunk"
     started = time.perf_counter()
     # synthetic runs Blender in a child process of its own: a crash there is a RenderError here.
-    render_chunk(payload["spec"], int(payload["start"]), int(payload["count"]), chunk)
+    # The worker fetched the job's assets (glTF models) into WORKDIR/inputs before starting us.
+    render_chunk(payload["spec"], int(payload["start"]), int(payload["count"]), chunk, asset_dir=workdir / "inputs")
     seconds = time.perf_counter() - started
     with zipfile.ZipFile(workdir / "artifact", "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(chunk.rglob("*")):

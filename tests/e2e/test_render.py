@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from tests.e2e.stack import Stack
 from tests.helpers import wait_for
 from tests.marketplace.jobs.test_render_kind import render_spec
+from tests.synthetic.helpers import write_glb
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,38 @@ def test_a_render_job_on_two_agents_becomes_one_coco_dataset(stack: Stack, tmp_p
         ys, xs = np.nonzero(mask)
         x, y, w, h = ann["bbox"]
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+
+
+def test_a_render_job_with_an_uploaded_gltf_model_labels_it_with_its_category(stack: Stack, tmp_path: Path) -> None:
+    stack.agent("rig-a")
+    stack.agent("rig-b")
+    spec = render_spec(images=4, chunk_size=4)
+    spec["catalog"].append(
+        {"kind": "asset", "category": "widget", "path": "models/widget.glb", "height_m": [0.15, 0.22], "weight": 4}
+    )
+    reply = stack.poster.post(
+        f"{stack.url}/api/jobs/",
+        json={"kind": "render", "spec": spec, "price_per_replica": "1000", "replication": 2},
+        timeout=10,
+    )
+    assert reply.status_code == 201, reply.text
+    job_id = reply.json()["id"]
+    glb = tmp_path / "widget.glb"
+    write_glb(glb)
+    with glb.open("rb") as handle:
+        upload = stack.poster.post(
+            f"{stack.url}/api/jobs/{job_id}/assets/",
+            data={"path": "models/widget.glb"},
+            files={"file": ("widget.glb", handle)},
+            timeout=30,
+        )
+    assert upload.status_code == 201, upload.text
+    stack.manage("job", "fund-dev", job_id)
+    stack.wait_job(job_id, timeout=300)
+    wait_for(lambda: stack.job(job_id)["output_url"] is not None, timeout=120, what="the merged dataset")
+    download = stack.poster.get(f"{stack.url}/api/jobs/{job_id}/output/", timeout=60)
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        archive.extractall(tmp_path / "dataset")
+    coco = COCO(str(tmp_path / "dataset" / "annotations.json"))
+    (widget,) = coco.getCatIds(catNms=["widget"])
+    assert coco.getAnnIds(catIds=[widget]), "the uploaded model was never placed and labeled"

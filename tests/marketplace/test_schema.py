@@ -13,6 +13,8 @@ EXPECTED = {
     "/api/jobs/{job_id}/": {"get"},
     "/api/jobs/{job_id}/cancel/": {"post"},
     "/api/jobs/{job_id}/output/": {"get"},
+    "/api/jobs/{job_id}/assets/": {"post"},
+    "/api/assignments/{assignment_id}/inputs/{asset_id}/": {"get"},
     "/api/jobs/{job_id}/tasks/": {"get"},
     "/api/jobs/{job_id}/results/": {"get"},
     "/api/results/{result_id}/artifact/": {"get"},

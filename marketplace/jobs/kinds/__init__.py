@@ -46,6 +46,10 @@ class Kind:
     # A check of one replica without another (spot_check(task, result value) -> (ok, reason)); kinds that have
     # one get adaptive replication: trusted nodes' work is replicated only with probability p.
     spot_check: Callable[[Any, Any], tuple[bool, str]] | None = None
+    # The files a spec needs uploaded before the job may start (paths as the spec writes them).
+    required_assets: Callable[[dict[str, Any]], list[str]] | None = None
+    asset_max_bytes: int = 64 * 2**20
+    asset_suffixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -49,15 +49,19 @@ def parse(spec: dict[str, Any]) -> RenderJobSpec:
         raise ValidationFailed(fields) from None
     if fields:
         raise ValidationFailed(fields)
-    if _uses_assets(scene):
-        # Assets are files attached to a job; the marketplace cannot take those uploads yet.
-        raise ValidationFailed({"spec.catalog": ["glTF assets are not supported by marketplace jobs yet."]})
     normalised = parsed.model_dump(mode="json")
     return RenderJobSpec(scene=normalised, images=int(normalised["images"]), chunk_size=int(chunk_size))
 
 
-def _uses_assets(scene: dict[str, Any]) -> bool:
-    return any(item.get("kind") == "asset" for item in scene.get("catalog", []) if isinstance(item, dict))
+def required_assets(spec: dict[str, Any]) -> list[str]:
+    """The glTF files the spec's catalog refers to: the poster uploads them before the job starts."""
+    return sorted(
+        {
+            str(item["path"])
+            for item in spec.get("catalog", [])
+            if isinstance(item, dict) and item.get("kind") == "asset"
+        }
+    )
 
 
 def task_count(spec: RenderJobSpec) -> int:
@@ -122,12 +126,24 @@ def agree(a: Path, b: Path) -> bool:
     return bool(compare(a, b).ok)
 
 
+def assets_dir(job: Any) -> Path:
+    """The job's assets as local files (from the media storage, which may be S3), laid out as the spec names them."""
+    root = Path(settings.MEDIA_ROOT) / "cache" / "assets" / str(job.id)
+    for asset in job.assets.all():
+        target = root / asset.path
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with asset.file.open("rb") as source, target.open("wb") as out:
+                shutil.copyfileobj(source, out)
+    return root
+
+
 def spot_check(task: Any, chunk: Path) -> tuple[bool, str]:
     """Re-render the label passes of one random image of the chunk here and require an exact match."""
     from synthetic import spot_check as rerender_labels
 
     index = task.payload["start"] + secrets.randbelow(task.payload["count"])
-    verdict = rerender_labels(task.payload["spec"], chunk, index)
+    verdict = rerender_labels(task.payload["spec"], chunk, index, asset_dir=assets_dir(task.job))
     return bool(verdict.ok), "; ".join(verdict.reasons[:3]) or f"image {index} re-rendered identically"
 
 
@@ -151,5 +167,7 @@ KIND = register(
         description="Labeled synthetic images rendered with Blender, in chunks; replicas must agree exactly.",
         on_complete="jobs.render_merge",
         spot_check=spot_check,
+        required_assets=required_assets,
+        asset_suffixes=(".glb", ".gltf"),
     )
 )

@@ -57,16 +57,6 @@ def test_an_invalid_render_spec_names_the_field_and_writes_nothing(
     assert not Job.objects.exists()
 
 
-def test_a_spec_that_needs_uploaded_assets_is_refused_for_now(poster: Any) -> None:
-    spec = render_spec()
-    spec["catalog"].append({"kind": "asset", "category": "widget", "path": "widget.glb", "height_m": [0.1, 0.2]})
-    response = poster.client.post(
-        "/api/jobs/", {"kind": "render", "spec": spec, "price_per_replica": "1", "replication": 2}, format="json"
-    )
-    assert response.status_code == 400
-    assert "glTF assets" in response.json()["extra"]["fields"]["spec.catalog"][0]
-
-
 def test_splitting_makes_one_task_per_chunk_that_needs_blender() -> None:
     job = JobFactory(kind="render", spec=render_spec(), task_count=3, state=JobState.FUNDED)
     assert services.job_split(job_id=job.id) == 3
@@ -81,3 +71,61 @@ def test_the_output_of_a_job_that_is_not_complete_is_a_409_naming_its_state(post
     response = poster.client.get(f"/api/jobs/{job.id}/output/")
     assert response.status_code == 409
     assert "running" in response.json()["message"]
+
+
+def _asset_job(poster: Any) -> str:
+    spec = render_spec()
+    spec["catalog"].append({"kind": "asset", "category": "widget", "path": "models/widget.glb", "height_m": [0.1, 0.2]})
+    reply = poster.client.post(
+        "/api/jobs/", {"kind": "render", "spec": spec, "price_per_replica": "1", "replication": 2}, format="json"
+    )
+    assert reply.status_code == 201, reply.json()
+    return str(reply.json()["id"])
+
+
+def _upload(client: Any, job_id: str, path: str, data: bytes = b"glTF-binary") -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post(
+        f"/api/jobs/{job_id}/assets/",
+        {"path": path, "file": SimpleUploadedFile(path.rsplit("/", 1)[-1], data)},
+        format="multipart",
+    )
+
+
+def test_a_job_that_needs_an_asset_waits_for_its_upload_before_it_starts(poster: Any, settings: Any) -> None:
+    settings.HASHWORK = {**settings.HASHWORK, "DEV_FUNDING": True}
+    job_id = _asset_job(poster)
+    from marketplace.core.exceptions import Conflict
+
+    with pytest.raises(Conflict, match=r"models/widget\.glb"):
+        services.job_fund_dev(job_id=job_id, actor=poster.user)
+    job = Job.objects.get(id=job_id)
+    assert job.state == JobState.DRAFT
+    assert "waiting for assets: models/widget.glb" in job.state_reason
+    response = _upload(poster.client, job_id, "models/widget.glb")
+    assert response.status_code == 201, response.json()
+    assert response.json()["size"] == len(b"glTF-binary")
+    services.job_fund_dev(job_id=job_id, actor=poster.user)
+    assert Job.objects.get(id=job_id).state == JobState.FUNDED
+
+
+@pytest.mark.parametrize(("path", "field"), [("models/other.glb", "path"), ("../etc/passwd", "path")])
+def test_an_upload_the_spec_does_not_use_is_refused(poster: Any, path: str, field: str) -> None:
+    job_id = _asset_job(poster)
+    response = _upload(poster.client, job_id, path)
+    assert response.status_code == 400
+    assert field in response.json()["extra"]["fields"]
+    assert not Job.objects.get(id=job_id).assets.exists()
+
+
+def test_assets_cannot_be_changed_once_the_job_has_started(poster: Any) -> None:
+    job_id = _asset_job(poster)
+    Job.objects.filter(id=job_id).update(state=JobState.RUNNING)
+    response = _upload(poster.client, job_id, "models/widget.glb")
+    assert response.status_code == 409
+
+
+def test_a_stranger_cannot_upload_to_the_posters_job(poster: Any, stranger: Any) -> None:
+    job_id = _asset_job(poster)
+    assert _upload(stranger.client, job_id, "models/widget.glb").status_code == 404
