@@ -29,9 +29,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running.stop()
 
 
-def test_a_render_job_on_two_agents_becomes_one_coco_dataset(stack: Stack, tmp_path: Path) -> None:
+def test_a_16_image_render_job_in_chunks_of_4_on_two_agents_becomes_one_coco_dataset(stack: Stack, tmp_path: Path) -> None:
     a, b = stack.agent("gpu-rig-a"), stack.agent("gpu-rig-b")
-    spec = render_spec(images=8)
+    spec = render_spec(images=16)
     reply = stack.poster.post(
         f"{stack.url}/api/jobs/",
         json={"kind": "render", "spec": spec, "price_per_replica": "1000", "replication": 2},
@@ -43,7 +43,7 @@ def test_a_render_job_on_two_agents_becomes_one_coco_dataset(stack: Stack, tmp_p
     stack.wait_job(job_id, timeout=300)
     results = stack.results(job_id)
     accepted = [r for r in results if r["state"] == "accepted"]
-    assert len(accepted) == 4  # 2 chunks × 2 replicas, on the two nodes
+    assert len(accepted) == 8  # 4 chunks × 2 replicas, on the two nodes
     assert {r["node"] for r in accepted} == {a.node_id, b.node_id}
     wait_for(lambda: stack.job(job_id)["output_url"] is not None, timeout=120, what="the merged dataset")
     download = stack.poster.get(f"{stack.url}/api/jobs/{job_id}/output/", timeout=60)
@@ -51,7 +51,7 @@ def test_a_render_job_on_two_agents_becomes_one_coco_dataset(stack: Stack, tmp_p
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
         archive.extractall(tmp_path / "dataset")
     coco = COCO(str(tmp_path / "dataset" / "annotations.json"))
-    assert len(coco.getImgIds()) == 8
+    assert len(coco.getImgIds()) == 16
     annotations = coco.loadAnns(coco.getAnnIds())
     assert annotations
     assert len({ann["id"] for ann in annotations}) == len(annotations)
