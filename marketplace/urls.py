@@ -26,6 +26,7 @@ api = [
     path("jobs/<uuid:job_id>/cancel/", job_apis.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/output/", job_apis.JobOutputApi.as_view(), name="job-output"),
     path("jobs/<uuid:job_id>/assets/", job_apis.JobAssetUploadApi.as_view(), name="job-assets"),
+    path("jobs/<uuid:job_id>/previews/<int:position>/", job_apis.JobPreviewApi.as_view(), name="job-preview"),
     path("jobs/<uuid:job_id>/tasks/", job_apis.JobTaskListApi.as_view(), name="job-tasks"),
     path("jobs/<uuid:job_id>/results/", job_apis.JobResultListApi.as_view(), name="job-results"),
     path("results/<uuid:result_id>/artifact/", job_apis.ResultArtifactApi.as_view(), name="result-artifact"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.core.files.storage import default_storage
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -42,6 +43,7 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
     quote = TokenAmountField()
     tasks = serializers.SerializerMethodField()
     output_url = serializers.SerializerMethodField()
+    preview_urls = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -61,6 +63,7 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
             "finished_at",
             "tasks",
             "output_url",
+            "preview_urls",
         ]
 
     def get_tasks(self, job: Job) -> dict[str, int]:
@@ -68,6 +71,11 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
 
     def get_output_url(self, job: Job) -> str | None:
         return f"/api/jobs/{job.id}/output/" if hasattr(job, "output") else None
+
+    def get_preview_urls(self, job: Job) -> list[str]:
+        if not hasattr(job, "output"):
+            return []
+        return [f"/api/jobs/{job.id}/previews/{k}/" for k in range(len(job.output.summary.get("previews", [])))]
 
 
 class JobCreateInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -135,6 +143,21 @@ class JobOutputApi(APIView):
             filename=f"{job.kind}-{job.id}.zip",
             content_type="application/zip",
         )
+
+
+class JobPreviewApi(APIView):
+    @extend_schema(
+        operation_id="jobs_previews_retrieve",
+        responses={
+            (200, "image/png"): OpenApiResponse(description="A labeled preview image."),
+            **_errors(401, 404, 409),
+        },
+        description="Preview K (0-based) of a completed render job: an image with its masks, boxes and categories.",
+    )
+    def get(self, request: Request, job_id: UUID, position: int) -> FileResponse:
+        job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        name = selectors.job_preview(job=job, position=position)
+        return FileResponse(default_storage.open(name, "rb"), content_type="image/png")
 
 
 class JobCancelApi(APIView):

@@ -81,3 +81,10 @@ def assignment_input(*, assignment_id: UUID, asset_id: UUID, node: Node) -> JobA
     if asset is None:
         raise NotFound("No such input for this assignment.")
     return asset
+
+
+def job_preview(*, job: Job, position: int) -> str:
+    names = job_output(job=job).summary.get("previews", [])
+    if not 0 <= position < len(names):
+        raise NotFound(f"No preview {position}; this job has {len(names)}.")
+    return str(names[position])

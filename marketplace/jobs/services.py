@@ -322,6 +322,28 @@ def assignment_fail(*, assignment_id: UUID, node: Node, reason: str) -> Assignme
     return assignment
 
 
+PREVIEWS = 3
+
+
+def _previews(*, job: Job, archive: Path, count: int) -> list[str]:
+    """Draw the first images of a merged dataset with their masks, boxes and category names (for the dashboard);
+    returns the storage names of the PNGs."""
+    from django.core.files.storage import default_storage
+
+    from synthetic.show import show
+
+    names: list[str] = []
+    for position in range(count):
+        png = archive.with_name(f"preview-{position}.png")
+        try:
+            show(archive, position, png)
+        except IndexError:
+            break
+        with png.open("rb") as handle:
+            names.append(default_storage.save(f"outputs/{job.id}/preview-{position}.png", File(handle)))
+    return names
+
+
 def job_output_build(*, job_id: UUID) -> JobOutput | None:
     """Merge a completed render job's accepted chunks (one replica per task) into its dataset. Idempotent."""
     from synthetic import merge
@@ -343,6 +365,7 @@ def job_output_build(*, job_id: UUID) -> JobOutput | None:
     with tempfile.TemporaryDirectory(prefix="hw-merge-") as tmp:
         archive = Path(tmp) / "dataset.zip"
         summary = merge(chunks, archive)
+        summary["previews"] = _previews(job=job, archive=archive, count=PREVIEWS)
         output = JobOutput(job=job, size=archive.stat().st_size, summary=summary)
         with archive.open("rb") as handle:
             output.file.save("dataset.zip", File(handle), save=False)

@@ -29,7 +29,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running.stop()
 
 
-def test_a_16_image_render_job_in_chunks_of_4_on_two_agents_becomes_one_coco_dataset(stack: Stack, tmp_path: Path) -> None:
+def test_a_16_image_render_job_in_chunks_of_4_on_two_agents_becomes_one_coco_dataset(
+    stack: Stack, tmp_path: Path
+) -> None:
     a, b = stack.agent("gpu-rig-a"), stack.agent("gpu-rig-b")
     spec = render_spec(images=16)
     reply = stack.poster.post(
@@ -55,6 +57,12 @@ def test_a_16_image_render_job_in_chunks_of_4_on_two_agents_becomes_one_coco_dat
     annotations = coco.loadAnns(coco.getAnnIds())
     assert annotations
     assert len({ann["id"] for ann in annotations}) == len(annotations)
+    # The merge also drew labeled previews for the dashboard.
+    previews = stack.job(job_id)["preview_urls"]
+    assert len(previews) == 3
+    preview = stack.poster.get(f"{stack.url}{previews[0]}", timeout=30)
+    assert preview.status_code == 200
+    assert preview.content.startswith(b"\x89PNG")
     for ann in annotations[:20]:
         mask = coco.annToMask(ann)
         assert int(mask.sum()) == int(ann["area"])

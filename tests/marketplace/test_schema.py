@@ -14,6 +14,7 @@ EXPECTED = {
     "/api/jobs/{job_id}/cancel/": {"post"},
     "/api/jobs/{job_id}/output/": {"get"},
     "/api/jobs/{job_id}/assets/": {"post"},
+    "/api/jobs/{job_id}/previews/{position}/": {"get"},
     "/api/assignments/{assignment_id}/inputs/{asset_id}/": {"get"},
     "/api/jobs/{job_id}/tasks/": {"get"},
     "/api/jobs/{job_id}/results/": {"get"},
