@@ -54,6 +54,15 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     assert len(coco["images"]) == 12
     assert coco["annotations"]
     assert (tmp_path / "demo-preview.png").stat().st_size > 0
+    # A second run in the same directory reuses the chain and its contracts and replaces the old demo nodes.
+    escrow = next(line for line in out.splitlines() if line.startswith("Chain:"))
+    again = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--headless", "--port", str(_free_port()), "--timeout", "90"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert escrow in again.stdout
+    assert "The ledger matches the chain (payments reconcile)." in again.stdout
     assert f"http://127.0.0.1:{port}/api/jobs/" in out
     assert "stopped agent-1 (exit code 0)" in out
     assert "stopped agent-2 (exit code 0)" in out

@@ -199,6 +199,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         how = "started" if started else "reusing the one already running,"
         self.say(f"Redis: embedded Valkey {how} on 127.0.0.1:{server.port} (data in {server.directory})")
+        # This process talks to Redis too (the broker, ACL users of replaced demo nodes): point it there.
+        settings.REDIS_URL = server.url
         use_broker(server.url)
         return server.url, started
 
