@@ -20,6 +20,7 @@ def _crash(payload: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def _hang(payload: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    # A runner that hangs: the worker's time limit (1 s in the test) must kill it long before this ends.
     time.sleep(60)
     return {}
 
