@@ -18,7 +18,7 @@ from marketplace.api.fields import TokenAmountField
 from marketplace.api.pagination import Pagination
 from marketplace.jobs import kinds, selectors, services
 from marketplace.jobs.models import Assignment, Job, JobState, Result, Task
-from marketplace.nodes.authentication import IsNode, NodeTokenAuthentication
+from marketplace.nodes.authentication import NodeApiView
 
 
 class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -260,10 +260,7 @@ class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[t
         ]
 
 
-class AssignmentStartApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class AssignmentStartApi(NodeApiView):
     @extend_schema(
         operation_id="assignments_start",
         request=None,
@@ -293,9 +290,7 @@ class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[t
         fields = ["id", "assignment", "sha256", "size", "created_at"]
 
 
-class AssignmentResultApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
+class AssignmentResultApi(NodeApiView):
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
@@ -312,10 +307,7 @@ class AssignmentResultApi(APIView):
         return Response(ResultOutputNodeSerializer(result).data, status=status.HTTP_201_CREATED)
 
 
-class AssignmentReleaseApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class AssignmentReleaseApi(NodeApiView):
     @extend_schema(
         operation_id="assignments_release",
         request=None,
@@ -331,10 +323,7 @@ class AssignmentFailInputSerializer(serializers.Serializer):  # type: ignore[typ
     reason = serializers.CharField(max_length=2000, help_text="What went wrong (the runner's last error lines).")
 
 
-class AssignmentFailApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class AssignmentFailApi(NodeApiView):
     @extend_schema(
         operation_id="assignments_fail",
         request=AssignmentFailInputSerializer,
@@ -381,10 +370,7 @@ class JobAssetUploadApi(APIView):
         return Response(JobAssetOutputSerializer(asset).data, status=status.HTTP_201_CREATED)
 
 
-class AssignmentInputApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class AssignmentInputApi(NodeApiView):
     @extend_schema(
         operation_id="assignments_inputs_retrieve",
         responses={

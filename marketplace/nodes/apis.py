@@ -15,7 +15,7 @@ from marketplace.jobs.apis import ERRORS
 from marketplace.jobs.models import Assignment
 from marketplace.jobs.services import schedule_request
 from marketplace.nodes import services
-from marketplace.nodes.authentication import IsNode, NodeTokenAuthentication
+from marketplace.nodes.authentication import NodeApiView
 from marketplace.nodes.models import Node
 
 
@@ -96,10 +96,7 @@ class NodeHeartbeatOutputSerializer(serializers.Serializer):  # type: ignore[typ
     )
 
 
-class NodeHeartbeatApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class NodeHeartbeatApi(NodeApiView):
     @extend_schema(
         operation_id="nodes_heartbeat",
         request=NodeHeartbeatInputSerializer,
@@ -127,10 +124,7 @@ class NodeReleaseOutputSerializer(serializers.Serializer):  # type: ignore[type-
     released = serializers.IntegerField()
 
 
-class NodeReleaseApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class NodeReleaseApi(NodeApiView):
     @extend_schema(
         operation_id="nodes_release",
         request=NodeReleaseInputSerializer,
@@ -155,10 +149,7 @@ class NodeAssignmentOutputSerializer(serializers.ModelSerializer):  # type: igno
         fields = ["id", "job", "kind", "task_index", "state", "state_reason", "leased_at", "started_at", "finished_at"]
 
 
-class NodeAssignmentListApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class NodeAssignmentListApi(NodeApiView):
     @extend_schema(
         operation_id="nodes_me_assignments_list",
         responses={200: NodeAssignmentOutputSerializer(many=True), 401: ERRORS[401]},
@@ -171,10 +162,7 @@ class NodeAssignmentListApi(APIView):
         return paginator.get_paginated_response(NodeAssignmentOutputSerializer(page, many=True).data)
 
 
-class NodeMeApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class NodeMeApi(NodeApiView):
     @extend_schema(operation_id="nodes_me", responses={200: NodeOutputSerializer, 401: ERRORS[401]})
     def get(self, request: Request) -> Response:
         return Response(NodeOutputSerializer(request.auth).data)

@@ -10,6 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from marketplace.nodes.models import Node
 
@@ -53,6 +54,13 @@ class IsNode(permissions.BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return isinstance(request.auth, Node)
+
+
+class NodeApiView(APIView):
+    """Base of every endpoint a node agent calls: node token only, and the caller must be a node."""
+
+    authentication_classes = [NodeTokenAuthentication]
+    permission_classes = [IsNode]
 
 
 class NodeTokenScheme(OpenApiAuthenticationExtension):

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from marketplace.api.fields import TokenAmountField
 from marketplace.jobs.apis import ERRORS
-from marketplace.nodes.authentication import IsNode, NodeTokenAuthentication
+from marketplace.nodes.authentication import NodeApiView
 from marketplace.payments import selectors
 from marketplace.payments.models import Payout
 
@@ -49,10 +49,7 @@ class EarningsOutputSerializer(serializers.Serializer):  # type: ignore[type-arg
     payouts = PayoutOutputSerializer(many=True)
 
 
-class NodeEarningsApi(APIView):
-    authentication_classes = [NodeTokenAuthentication]
-    permission_classes = [IsNode]
-
+class NodeEarningsApi(NodeApiView):
     @extend_schema(operation_id="nodes_me_earnings", responses={200: EarningsOutputSerializer, 401: ERRORS[401]})
     def get(self, request: Request) -> Response:
         earnings = selectors.node_earnings(node=request.auth)

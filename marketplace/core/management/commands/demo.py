@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -71,6 +72,16 @@ SAMPLE_JOB: dict[str, Any] = {
 
 class _Stop(Exception):
     """SIGTERM asks the demo to stop, like Ctrl-C."""
+
+
+def _wait(supervisor: Supervisor, condition: Callable[[], bool], *, timeout: float, failure: str) -> None:
+    """Poll `condition` until it holds, failing with `failure` after `timeout` s or as soon as a process dies."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        supervisor.check()
+        if time.monotonic() > deadline:
+            raise CommandError(failure)
+        time.sleep(0.2)
 
 
 def _tokens(base_units: int) -> str:
@@ -231,12 +242,12 @@ class Command(BaseCommand):
 
     def _dataset(self, base_url: str, token: str, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
         """Download the merged dataset through the API, as the poster would, and draw one labeled preview."""
-        deadline = time.monotonic() + timeout
-        while not JobOutput.objects.filter(job_id=job_id).exists():
-            supervisor.check()
-            if time.monotonic() > deadline:
-                raise CommandError(f"The dataset was not merged within {timeout:.0f}s; see var/logs/worker.log.")
-            time.sleep(0.5)
+        _wait(
+            supervisor,
+            JobOutput.objects.filter(job_id=job_id).exists,
+            timeout=timeout,
+            failure=f"The dataset was not merged within {timeout:.0f}s; see var/logs/worker.log.",
+        )
         request = urllib.request.Request(  # noqa: S310 - our own local server
             f"{base_url}/api/jobs/{job_id}/output/", headers={"Authorization": f"Token {token}"}
         )
@@ -260,16 +271,16 @@ class Command(BaseCommand):
         w3 = connect(settings.ETH_RPC_URL)
         dep = load_deployment(settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id)
         escrow = dep.escrow_contract(w3)
-        deadline = time.monotonic() + timeout
-        while not (
-            Payout.objects.filter(job_id=job_id).exists()
-            and not Payout.objects.filter(job_id=job_id).exclude(state=PayoutState.SETTLED).exists()
-            and escrow.job_of(job_id).closed
-        ):
-            supervisor.check()
-            if time.monotonic() > deadline:
-                raise CommandError(f"Settlement did not finish within {timeout:.0f}s; see var/logs/settlement.log.")
-            time.sleep(0.5)
+        _wait(
+            supervisor,
+            lambda: (
+                Payout.objects.filter(job_id=job_id).exists()
+                and not Payout.objects.filter(job_id=job_id).exclude(state=PayoutState.SETTLED).exists()
+                and escrow.job_of(job_id).closed
+            ),
+            timeout=timeout,
+            failure=f"Settlement did not finish within {timeout:.0f}s; see var/logs/settlement.log.",
+        )
         payouts = Payout.objects.filter(job_id=job_id)
         txs = sorted({p.tx_hash for p in payouts})
         self.say(f"Paid {payouts.count()} replicas on chain in {len(txs)} release transaction(s): {', '.join(txs)}")
@@ -285,11 +296,12 @@ class Command(BaseCommand):
             self.say(f"  node {node.name} {wallet}: credited {_tokens(escrow.credit_of(wallet))} HWC")
         self.say(f"  treasury {dep.treasury}: {_tokens(escrow.credit_of(dep.treasury))} HWC in fees")
         # The chain reader (beat, every 2 s) records the refund in the ledger; reconcile once it has.
-        while remaining and not LedgerEntry.objects.filter(job_id=job_id, kind=EntryKind.REFUND).exists():
-            supervisor.check()
-            if time.monotonic() > deadline:
-                raise CommandError("The refund never reached the ledger; see var/logs/worker.log.")
-            time.sleep(0.5)
+        _wait(
+            supervisor,
+            lambda: not remaining or LedgerEntry.objects.filter(job_id=job_id, kind=EntryKind.REFUND).exists(),
+            timeout=timeout,
+            failure="The refund never reached the ledger; see var/logs/worker.log.",
+        )
         mismatches = reconcile(w3=w3, escrow=escrow, from_block=dep.block_number)
         for mismatch in mismatches:
             self.say(f"  MISMATCH {mismatch}", self.style.ERROR)
@@ -336,17 +348,20 @@ class Command(BaseCommand):
         self.env = env
         base_url = f"http://127.0.0.1:{port}"
         self.say(f"Starting the web server on {base_url}, the marketplace and settlement workers and beat…")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            supervisor.check()
+
+        def answers() -> bool:
             try:
-                status, _ = _request(f"{base_url}/healthz/")
-                if status == 200:
-                    return base_url
+                return _request(f"{base_url}/healthz/")[0] == 200
             except (OSError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise CommandError(f"The web server did not answer on {base_url} within {timeout:.0f}s; see var/logs/web.log.")
+                return False
+
+        _wait(
+            supervisor,
+            answers,
+            timeout=timeout,
+            failure=f"The web server did not answer on {base_url} within {timeout:.0f}s; see var/logs/web.log.",
+        )
+        return base_url
 
     def _demo_user(self, username: str) -> str:
         user, created = get_user_model().objects.get_or_create(
@@ -430,12 +445,11 @@ class Command(BaseCommand):
         call_command("chain", "fund-dev", str(job_id), "--extra", "2", stdout=out)
         self.say(out.getvalue().strip())
         self.say("Waiting for the marketplace to see the deposit and split the job into tasks…")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            supervisor.check()
-            job = Job.objects.get(id=job_id)
-            if job.state not in (JobState.DRAFT, JobState.FUNDED):
-                self.say(f"The worker split the job into {job.tasks.count()} tasks; it is now {job.state}.")
-                return
-            time.sleep(0.2)
-        raise CommandError(f"The worker did not split the job within {timeout:.0f}s; see var/logs/worker.log.")
+        _wait(
+            supervisor,
+            lambda: Job.objects.get(id=job_id).state not in (JobState.DRAFT, JobState.FUNDED),
+            timeout=timeout,
+            failure=f"The worker did not split the job within {timeout:.0f}s; see var/logs/worker.log.",
+        )
+        job = Job.objects.get(id=job_id)
+        self.say(f"The worker split the job into {job.tasks.count()} tasks; it is now {job.state}.")
