@@ -54,6 +54,7 @@ class Sender:
         self.address: ChecksumAddress = self.account.address
         self.receipt_timeout = receipt_timeout
         self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._nonce: int | None = None
         self._chain_id: int | None = None
 
@@ -83,13 +84,17 @@ class Sender:
         tx: TxParams = {"from": self.address, "value": Wei(value), "data": HexBytes(data), "chainId": self.chain_id}
         if to is not None:
             tx["to"] = to
-        # Headroom over the estimate: state may change between estimating and mining (other senders).
-        tx["gas"] = self.estimate(tx) * 6 // 5 + 10_000
-        priority = self.w3.eth.max_priority_fee
-        base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas", 0)
-        tx["maxPriorityFeePerGas"] = priority
-        tx["maxFeePerGas"] = Wei(2 * base_fee + priority)
-        tx_hash = self._sign_and_send(tx)
+        # One transaction of this key is built and broadcast at a time: on a chain that mines on every send and
+        # prunes history (Anvil --prune-history), an estimate racing another thread's send can be asked of a
+        # block that is already gone (BlockOutOfRangeError). Receipts are still awaited concurrently.
+        with self._build_lock:
+            # Headroom over the estimate: state may change between estimating and mining (other senders).
+            tx["gas"] = self.estimate(tx) * 6 // 5 + 10_000
+            priority = self.w3.eth.max_priority_fee
+            base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas", 0)
+            tx["maxPriorityFeePerGas"] = priority
+            tx["maxFeePerGas"] = Wei(2 * base_fee + priority)
+            tx_hash = self._sign_and_send(tx)
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout, poll_latency=0.05)
         except TimeExhausted as exc:
