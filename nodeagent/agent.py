@@ -4,6 +4,7 @@ the Celery worker in a child; SIGTERM/SIGINT hand running work back so it is re-
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -11,15 +12,20 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from nodeagent import probe
+from nodeagent import probe, progress
 from nodeagent.client import ApiError, MarketplaceClient
 from nodeagent.config import AgentConfig
 from nodeagent.retry import TransientError
 from nodeagent.worker import paused, running_dir
 
 logger = logging.getLogger("nodeagent")
+
+
+class Running(NamedTuple):
+    pid: int | None
+    workdir: Path | None
 
 
 class Agent:
@@ -39,15 +45,20 @@ class Agent:
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
 
-    def running(self) -> dict[str, int | None]:
-        """Assignments running now (from the worker's marker files) and their runner pids."""
-        found: dict[str, int | None] = {}
+    def running(self) -> dict[str, Running]:
+        """Assignments running now (from the worker's marker files): their runner pids and workdirs."""
+        found: dict[str, Running] = {}
         for marker in running_dir(self.cfg).glob("*"):
             try:
                 text = marker.read_text().strip()
             except OSError:
                 continue
-            found[marker.name] = int(text) if text.isdigit() else None
+            try:
+                value = json.loads(text) if text else {}
+                found[marker.name] = Running(int(value["pid"]), Path(value["workdir"]))
+            except (ValueError, KeyError, TypeError):
+                # Written a moment ago and still empty: running, but nothing to stop or read yet.
+                found[marker.name] = Running(None, None)
         return found
 
     def accepting(self) -> bool:
@@ -74,9 +85,14 @@ class Agent:
             accepting=self.accepting(),
             load=os.getloadavg()[0],
             running=list(running),
+            progress={
+                assignment_id: {"done": done[0], "total": done[1]}
+                for assignment_id, item in running.items()
+                if item.workdir is not None and (done := progress.read(item.workdir)) is not None
+            },
         )
         for assignment_id in reply.get("revoked", []):
-            pid = running.get(assignment_id)
+            pid = running[assignment_id].pid if assignment_id in running else None
             if pid:
                 # The marketplace cancelled or expired it: stop the runner, nobody will take its result.
                 with contextlib.suppress(ProcessLookupError):
@@ -146,7 +162,7 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
-        for pid in self.running().values():
+        for pid, _ in self.running().values():
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -149,7 +149,9 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     print(f"  current assignments: {len(current)}")
     print("  recent assignments:" if assignments else "  no assignments yet")
     for a in assignments:
-        print(f"    {a['id']}  {a['kind']} job {a['job']} task {a['task_index']}: {a['state']}")
+        progress = a.get("progress")
+        done = f" ({progress['done']}/{progress['total']})" if progress and a["state"] == "running" else ""
+        print(f"    {a['id']}  {a['kind']} job {a['job']} task {a['task_index']}: {a['state']}{done}")
     return 0
 
 

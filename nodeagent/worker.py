@@ -140,7 +140,8 @@ def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: 
     log_path = workdir / "runner.log"
     started = time.monotonic()
     pid = child.fork(message["kind"], payload_file, workdir, log_path)
-    marker.write_text(str(pid))
+    # The agent's heartbeat reads the marker: the runner's pid (to stop it) and its workdir (for progress).
+    marker.write_text(json.dumps({"pid": pid, "workdir": str(workdir)}))
     limit = float(message.get("time_limit_seconds") or DEFAULT_TIME_LIMIT_SECONDS)
     timed_out = threading.Event()
 

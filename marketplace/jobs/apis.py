@@ -7,7 +7,7 @@ from uuid import UUID
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -42,6 +42,9 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
     price_per_replica = TokenAmountField()
     quote = TokenAmountField()
     tasks = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField(
+        help_text="Share of the job done, 0 to 1 (running tasks count in part)."
+    )
     output_url = serializers.SerializerMethodField()
     preview_urls = serializers.SerializerMethodField()
 
@@ -62,12 +65,16 @@ class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg
             "funded_at",
             "finished_at",
             "tasks",
+            "progress",
             "output_url",
             "preview_urls",
         ]
 
     def get_tasks(self, job: Job) -> dict[str, int]:
         return selectors.job_task_counts(job=job)
+
+    def get_progress(self, job: Job) -> float:
+        return selectors.job_progress(job=job)
 
     def get_output_url(self, job: Job) -> str | None:
         return f"/api/jobs/{job.id}/output/" if hasattr(job, "output") else None
@@ -171,12 +178,34 @@ class JobCancelApi(APIView):
         return Response(JobOutputSerializer(job).data)
 
 
+class ProgressOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    done = serializers.IntegerField()
+    total = serializers.IntegerField()
+
+
 class TaskOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     replicas = serializers.IntegerField(read_only=True)
+    progress = serializers.SerializerMethodField()
 
     class Meta:
         model = Task
-        fields = ["id", "index", "state", "state_reason", "payload", "requirements", "replicas", "created_at"]
+        fields = [
+            "id",
+            "index",
+            "state",
+            "state_reason",
+            "payload",
+            "requirements",
+            "replicas",
+            "progress",
+            "created_at",
+        ]
+
+    @extend_schema_field(ProgressOutputSerializer(allow_null=True))
+    def get_progress(self, task: Task) -> dict[str, int] | None:
+        """The furthest running replica's progress as its node reports it; null when none reports any."""
+        done, total = getattr(task, "progress_done", None), getattr(task, "progress_total", None)
+        return None if done is None or total is None else {"done": done, "total": total}
 
 
 class JobTaskListApi(APIView):
@@ -246,6 +275,8 @@ class ResultArtifactApi(APIView):
 
 
 class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    progress = serializers.SerializerMethodField()
+
     class Meta:
         model = Assignment
         fields = [
@@ -257,7 +288,12 @@ class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[t
             "lease_expires_at",
             "started_at",
             "submitted_at",
+            "progress",
         ]
+
+    @extend_schema_field(ProgressOutputSerializer(allow_null=True))
+    def get_progress(self, assignment: Assignment) -> dict[str, int] | None:
+        return assignment.progress
 
 
 class AssignmentStartApi(NodeApiView):

@@ -286,18 +286,23 @@ def assignments_expire(*, now: datetime | None = None) -> int:
     return expired
 
 
-def leases_extend(*, node: Node, assignment_ids: list[UUID]) -> list[UUID]:
-    """Heartbeat: extend the running leases the node reports; return the reported ids it no longer holds."""
+def leases_extend(
+    *, node: Node, assignment_ids: list[UUID], progress: dict[UUID, tuple[int, int]] | None = None
+) -> list[UUID]:
+    """Heartbeat: extend the running leases the node reports, recording each one's progress (done, total) where
+    reported; return the reported ids it no longer holds."""
     now = timezone.now()
+    progress = progress or {}
     held = Assignment.objects.filter(id__in=assignment_ids, node=node, state=AssignmentState.RUNNING).select_related(
         "task__job"
     )
     alive: set[UUID] = set()
     for assignment in held:
         _, lease = lease_windows(assignment.task.job.kind)
-        Assignment.objects.filter(id=assignment.id, state=AssignmentState.RUNNING).update(
-            lease_expires_at=now + timedelta(seconds=lease)
-        )
+        updates: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease)}
+        if assignment.id in progress:
+            updates["progress_done"], updates["progress_total"] = progress[assignment.id]
+        Assignment.objects.filter(id=assignment.id, state=AssignmentState.RUNNING).update(**updates)
         alive.add(assignment.id)
     return [a for a in assignment_ids if a not in alive]
 

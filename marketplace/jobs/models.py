@@ -165,6 +165,9 @@ class Assignment(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # What the runner reports through the agent's heartbeat while it runs (images rendered, steps trained).
+    progress_done = models.PositiveIntegerField(null=True, blank=True)
+    progress_total = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-leased_at"]
@@ -176,6 +179,12 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"assignment {self.id} of task {self.task_id} on node {self.node_id} ({self.state})"
+
+    @property
+    def progress(self) -> dict[str, int] | None:
+        if self.progress_total is None or self.progress_done is None:
+            return None
+        return {"done": self.progress_done, "total": self.progress_total}
 
 
 def result_artifact_path(instance: Result, filename: str) -> str:

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 
 from marketplace.core.exceptions import Conflict, NotFound
-from marketplace.jobs.models import ASSIGNMENT_OPEN, Assignment, Job, JobAsset, JobOutput, JobState, Result, Task
+from marketplace.jobs.models import (
+    ASSIGNMENT_OPEN,
+    Assignment,
+    AssignmentState,
+    Job,
+    JobAsset,
+    JobOutput,
+    JobState,
+    Result,
+    Task,
+    TaskState,
+)
 from marketplace.nodes.models import Node
 
 
@@ -34,7 +45,24 @@ def job_task_counts(*, job: Job) -> dict[str, int]:
 
 
 def task_list(*, job: Job) -> QuerySet[Task]:
-    return job.tasks.annotate(replicas=Count("assignments")).order_by("index")
+    """The job's tasks with their replica count and the furthest running replica's progress (done, total)."""
+    running = Q(assignments__state=AssignmentState.RUNNING)
+    return job.tasks.annotate(
+        replicas=Count("assignments"),
+        progress_done=Max("assignments__progress_done", filter=running),
+        progress_total=Max("assignments__progress_total", filter=running),
+    ).order_by("index")
+
+
+def job_progress(*, job: Job) -> float:
+    """The share of the job done, 0 to 1: completed tasks count whole, running ones by their furthest replica's
+    reported progress."""
+    if job.task_count == 0:
+        return 0.0
+    done = float(job.tasks.filter(state=TaskState.COMPLETED).count())
+    for task in task_list(job=job).filter(state=TaskState.RUNNING, progress_total__gt=0):
+        done += min(1.0, task.progress_done / task.progress_total)  # type: ignore[attr-defined]
+    return round(min(1.0, done / job.task_count), 4)
 
 
 def result_list(*, job: Job) -> QuerySet[Result]:

@@ -68,7 +68,7 @@ def task_verify(*, task_id: UUID) -> str:
                     if any(kind.agree(good, value) for good in accepted):
                         _accept(UUID(a), nodes[a])
                     else:
-                        _reject(UUID(a), nodes[a], "differs from the accepted result")
+                        _reject(UUID(a), nodes[a], _why(kind, "differs from the accepted result", accepted, value))
             return task.state
         if task.state != TaskState.RUNNING:
             return task.state
@@ -79,8 +79,9 @@ def task_verify(*, task_id: UUID) -> str:
         if not verdict.needs_another_replica:
             for a in verdict.accepted:
                 _accept(UUID(a), nodes[a])
+            winners = [values[a] for a in sorted(verdict.accepted)]
             for a in verdict.rejected:
-                _reject(UUID(a), nodes[a], "differs from the majority of replicas")
+                _reject(UUID(a), nodes[a], _why(kind, "differs from the majority of replicas", winners, values[a]))
             Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
             transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
             return TaskState.COMPLETED
@@ -97,6 +98,18 @@ def task_verify(*, task_id: UUID) -> str:
             Task.objects.filter(id=task.id).update(replicas_wanted=F("replicas_wanted") + 1)
             logger.info("task %s of job %s: replicas disagree, leasing one more", task.index, task.job_id)
         return task.state
+
+
+def _why(kind: Any, summary: str, accepted: list[Any], value: Any) -> str:
+    """The rejection reason: the summary, and what the kind can say about how `value` differs."""
+    if kind.explain is None or not accepted:
+        return summary
+    try:
+        detail = kind.explain(accepted[0], value)
+    except Exception:  # an explanation is a courtesy: never let it stop a verdict
+        logger.exception("could not explain a rejected %s replica", kind.name)
+        return summary
+    return f"{summary}: {detail}" if detail else summary
 
 
 def _spot_checked(*, task: Task, kind: Any, values: dict[str, Any], nodes: dict[str, Any]) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -79,6 +81,11 @@ class NodeEnrollApi(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
+class ProgressSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    done = serializers.IntegerField(min_value=0)
+    total = serializers.IntegerField(min_value=1)
+
+
 class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
     capabilities = serializers.DictField(required=False)
     free_slots = serializers.IntegerField(min_value=0)
@@ -87,6 +94,25 @@ class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type
     running = serializers.ListField(
         child=serializers.UUIDField(), default=list, max_length=256, help_text="Assignments running now."
     )
+    progress = serializers.DictField(
+        child=ProgressSerializer(),
+        required=False,
+        help_text='Progress of running assignments, by id: {"<assignment id>": {"done": 3, "total": 8}}.',
+    )
+
+    def validate_progress(self, value: dict[str, dict[str, int]]) -> dict[UUID, tuple[int, int]]:
+        if len(value) > 256:
+            raise serializers.ValidationError("At most 256 assignments.")
+        parsed: dict[UUID, tuple[int, int]] = {}
+        for key, item in value.items():
+            try:
+                assignment_id = UUID(key)
+            except ValueError:
+                raise serializers.ValidationError(f"{key!r} is not an assignment id.") from None
+            if item["done"] > item["total"]:
+                raise serializers.ValidationError(f"{key}: done ({item['done']}) exceeds total ({item['total']}).")
+            parsed[assignment_id] = (item["done"], item["total"])
+        return parsed
 
 
 class NodeHeartbeatOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -112,6 +138,7 @@ class NodeHeartbeatApi(NodeApiView):
             free_slots=data.validated_data["free_slots"],
             accepting=data.validated_data["accepting"],
             running=data.validated_data["running"],
+            progress=data.validated_data.get("progress"),
         )
         return Response(NodeHeartbeatOutputSerializer({"node": beat.node, "revoked": beat.revoked}).data)
 
@@ -143,10 +170,26 @@ class NodeAssignmentOutputSerializer(serializers.ModelSerializer):  # type: igno
     job = serializers.UUIDField(source="task.job_id")
     kind = serializers.CharField(source="task.job.kind")
     task_index = serializers.IntegerField(source="task.index")
+    progress = serializers.SerializerMethodField()
 
     class Meta:
         model = Assignment
-        fields = ["id", "job", "kind", "task_index", "state", "state_reason", "leased_at", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "job",
+            "kind",
+            "task_index",
+            "state",
+            "state_reason",
+            "progress",
+            "leased_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    @extend_schema_field(ProgressSerializer(allow_null=True))
+    def get_progress(self, assignment: Assignment) -> dict[str, int] | None:
+        return assignment.progress
 
 
 class NodeAssignmentListApi(NodeApiView):

@@ -103,17 +103,24 @@ def node_heartbeat(
     free_slots: int,
     accepting: bool = True,
     running: list[UUID] | None = None,
+    progress: dict[UUID, tuple[int, int]] | None = None,
 ) -> Heartbeat:
     """Record that `node` is alive, with what it reports; extend the leases it is running. The reply names
-    the reported assignments it no longer holds (cancelled, expired), so the agent can stop them."""
+    the reported assignments it no longer holds (cancelled, expired), so the agent can stop them. `progress`
+    maps running assignments to (done, total) as their runners report it."""
     if not 0 <= free_slots <= node.slots:
         raise ValidationFailed({"free_slots": [f"Must be between 0 and the node's {node.slots} slots."]})
+    for assignment_id, (done, total) in (progress or {}).items():
+        if assignment_id not in (running or []):
+            raise ValidationFailed({"progress": [f"Assignment {assignment_id} has progress but is not in running."]})
+        if total < 1 or not 0 <= done <= total:
+            raise ValidationFailed({"progress": [f"Assignment {assignment_id}: need 0 ≤ done ≤ total and total ≥ 1."]})
     now = timezone.now()
     updates: dict[str, Any] = {"last_heartbeat": now, "accepting": accepting}
     if capabilities is not None:
         updates["capabilities"] = capabilities
     Node.objects.filter(id=node.id).update(**updates)
-    revoked = dispatch.leases_extend(node=node, assignment_ids=running or [])
+    revoked = dispatch.leases_extend(node=node, assignment_ids=running or [], progress=progress)
     node.refresh_from_db()
     if accepting and free_slots > 0:
         transaction.on_commit(schedule_request)

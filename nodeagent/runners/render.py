@@ -7,6 +7,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from nodeagent import progress
+
 
 def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
     """Render images [start, start + count) of payload["spec"]; the artifact is a zip of the chunk folder."""
@@ -17,7 +19,16 @@ def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     # synthetic runs Blender in a child process of its own: a crash there is a RenderError here.
     # The worker fetched the job's assets (glTF models) into WORKDIR/inputs before starting us.
-    render_chunk(payload["spec"], int(payload["start"]), int(payload["count"]), chunk, asset_dir=workdir / "inputs")
+    count = int(payload["count"])
+    progress.report(workdir, 0, count)
+    render_chunk(
+        payload["spec"],
+        int(payload["start"]),
+        count,
+        chunk,
+        asset_dir=workdir / "inputs",
+        progress=lambda done: progress.report(workdir, done, count),
+    )
     seconds = time.perf_counter() - started
     with zipfile.ZipFile(workdir / "artifact", "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(chunk.rglob("*")):

@@ -42,7 +42,11 @@ def test_a_16_image_render_job_in_chunks_of_4_on_two_agents_becomes_one_coco_dat
     assert reply.status_code == 201, reply.text
     job_id = reply.json()["id"]
     stack.manage("job", "fund-dev", job_id)
-    stack.wait_job(job_id, timeout=300)
+    assert stack.wait_job(job_id, timeout=300)["progress"] == 1.0
+    # The runners reported images rendered through the agents' heartbeats (once a second; a chunk takes longer).
+    reported = [x["progress"] for x in a.assignments() + b.assignments() if x["progress"] is not None]
+    assert reported, "no assignment ever reported progress"
+    assert all(p["total"] == 4 and 0 <= p["done"] <= 4 for p in reported), reported
     results = stack.results(job_id)
     accepted = [r for r in results if r["state"] == "accepted"]
     assert len(accepted) == 8  # 4 chunks × 2 replicas, on the two nodes

@@ -31,6 +31,9 @@ class Kind:
     # replicas' values agree: equality for exact kinds, a tolerance for kinds like render RGB.
     result_value: Callable[[Any], Any]
     agree: Callable[[Any, Any], bool] = operator.eq
+    # Why a replica's value differs from an accepted one (explain(accepted, value) -> reason), for kinds whose
+    # comparison can say more than "differs": render names the image, the pass and the metric.
+    explain: Callable[[Any, Any], str] | None = None
     artifact_max_bytes: int = 16 * 1024 * 1024
     start_window_seconds: int = 60
     lease_seconds: int = 600

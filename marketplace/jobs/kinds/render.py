@@ -126,6 +126,13 @@ def agree(a: Path, b: Path) -> bool:
     return bool(compare(a, b).ok)
 
 
+def explain(accepted: Path, value: Path) -> str:
+    """How a rejected chunk differs from the accepted one: the first reasons synthetic.compare gives."""
+    from synthetic import compare
+
+    return "; ".join(compare(accepted, value).reasons[:3])
+
+
 def assets_dir(job: Any) -> Path:
     """The job's assets as local files (from the media storage, which may be S3), laid out as the spec names them."""
     root = Path(settings.MEDIA_ROOT) / "cache" / "assets" / str(job.id)
@@ -160,6 +167,7 @@ KIND = register(
         split=split,
         result_value=result_value,
         agree=agree,
+        explain=explain,
         artifact_max_bytes=512 * 2**20,
         start_window_seconds=60,
         lease_seconds=600,

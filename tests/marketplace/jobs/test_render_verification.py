@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -121,3 +122,37 @@ def test_a_tampered_chunk_fails_its_spot_check_and_full_replication_returns(
     assert not Payout.objects.filter(assignment_id=leased).exists()
     Node.objects.filter(id=other.id).update(accepting=True)
     assert len(dispatch.schedule()) == 1  # a replica on the other node; the liar already had its chance
+
+
+def test_the_odd_replica_out_is_rejected_with_the_image_pass_and_metric_that_differ(
+    settings: Any, rendered: Path, tmp_path: Path
+) -> None:
+    settings.HASHWORK = {**settings.HASHWORK, "REPLICATION_P": 1.0}
+    poster = UserFactory(username="poster")
+    job = services.job_create(poster=poster, kind="render", spec=SPEC, price_per_replica=10, replication=2)
+    services.job_transition(job_id=job.id, to=JobState.FUNDED)
+    services.job_split(job_id=job.id)
+    operator = UserFactory(username="op")
+    software = {"cpu_cores": 4, "ram_mb": 16000, "software": {"bpy": "5.0.1"}}
+    nodes = [make_node(operator, name=f"n{i}", capabilities=software).node for i in range(3)]
+    Node.objects.filter(id=nodes[2].id).update(accepting=False)
+    task = Task.objects.get(job=job)
+    honest, liar = dispatch.schedule()
+    forged = tmp_path / "forged"
+    shutil.copytree(rendered, forged)
+    # Nudge one box of the first image by a pixel: the rest of the chunk is honest.
+    annotations = json.loads((forged / "annotations.json").read_text())
+    annotations["annotations"][0]["bbox"][0] += 1
+    (forged / "annotations.json").write_text(json.dumps(annotations))
+    _submit(honest, _zip(rendered))
+    _submit(liar, _zip(forged))
+    assert verification.task_verify(task_id=task.id) == TaskState.RUNNING  # one against one: a third decides
+    Node.objects.filter(id=nodes[2].id).update(accepting=True)
+    (third,) = dispatch.schedule()
+    _submit(third, _zip(rendered))
+    assert verification.task_verify(task_id=task.id) == TaskState.COMPLETED
+    rejected = Assignment.objects.get(id=liar)
+    assert rejected.state == AssignmentState.REJECTED
+    assert rejected.state_reason.startswith("differs from the majority of replicas: ")
+    assert "annotations" in rejected.state_reason or "bbox" in rejected.state_reason, rejected.state_reason
+    assert {Assignment.objects.get(id=a).state for a in (honest, third)} == {AssignmentState.ACCEPTED}
