@@ -64,6 +64,8 @@ class Config:
     chain_confirmations: int
     public_eth_rpc_url: str | None
     replication_p: float
+    train_quorum: float = 2 / 3
+    train_replay_share: float = 0.25
     problems: tuple[str, ...] = field(default=())
 
 
@@ -297,6 +299,8 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         chain_confirmations=_int(env, "CHAIN_CONFIRMATIONS", 0, problems, minimum=0),
         public_eth_rpc_url=_eth_rpc_url(env, problems, "PUBLIC_ETH_RPC_URL"),
         replication_p=_probability(env, "HASHWORK_REPLICATION_P", 0.1, problems),
+        train_quorum=_probability(env, "HASHWORK_TRAIN_QUORUM", 2 / 3, problems),
+        train_replay_share=_probability(env, "HASHWORK_TRAIN_REPLAY_SHARE", 0.25, problems),
     )
     if problems:
         raise ConfigError(problems)

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "marketplace.nodes",
     "marketplace.jobs",
     "marketplace.payments",
+    "marketplace.federated",
 ]
 
 MIDDLEWARE = [
@@ -201,6 +202,14 @@ HASHWORK = {
     # probability REPLICATION_P (and spot-checked otherwise), for kinds that can be spot-checked.
     "TRUSTED_AFTER": 10,
     "REPLICATION_P": CONFIG.replication_p,
+    # Train rounds: a round closes once this share of its participants has submitted a well-formed update (or at
+    # its deadline); this share of the updates is replayed by the marketplace (proof-of-learning spot check);
+    # updates with a norm above NORM_FACTOR × the round's median, or that alone raise held-out loss by more
+    # than LOSS_TOLERANCE (relative), are rejected.
+    "TRAIN_QUORUM": CONFIG.train_quorum,
+    "TRAIN_REPLAY_SHARE": CONFIG.train_replay_share,
+    "TRAIN_NORM_FACTOR": 5.0,
+    "TRAIN_LOSS_TOLERANCE": 0.5,
     # The JSON-RPC URL node agents and wallets are told to use (withdrawals); defaults to ETH_RPC_URL.
     "PUBLIC_ETH_RPC_URL": CONFIG.public_eth_rpc_url,
 }

@@ -9,6 +9,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from marketplace.federated import apis as federated_apis
 from marketplace.jobs import apis as job_apis
 from marketplace.nodes import apis as node_apis
 from marketplace.payments import apis as payment_apis
@@ -29,6 +30,8 @@ api = [
     path("jobs/<uuid:job_id>/previews/<int:position>/", job_apis.JobPreviewApi.as_view(), name="job-preview"),
     path("jobs/<uuid:job_id>/tasks/", job_apis.JobTaskListApi.as_view(), name="job-tasks"),
     path("jobs/<uuid:job_id>/results/", job_apis.JobResultListApi.as_view(), name="job-results"),
+    path("jobs/<uuid:job_id>/rounds/", federated_apis.JobRoundListApi.as_view(), name="job-rounds"),
+    path("files/<str:token>/", federated_apis.SignedFileApi.as_view(), name="signed-file"),
     path("results/<uuid:result_id>/artifact/", job_apis.ResultArtifactApi.as_view(), name="result-artifact"),
     path("nodes/enroll/", node_apis.NodeEnrollApi.as_view(), name="node-enroll"),
     path("nodes/heartbeat/", node_apis.NodeHeartbeatApi.as_view(), name="node-heartbeat"),

@@ -25,6 +25,8 @@ class TaskName(StrEnum):
     CHAIN_SYNC = "payments.chain_sync"
     SETTLE = "payments.settle"
     RENDER_MERGE = "jobs.render_merge"
+    ROUND_CLOSE = "federated.round_close"
+    ROUNDS_DUE = "federated.rounds_due"
 
 
 # The queues a marketplace worker consumes (the settlement queue gets its own single worker later).
@@ -39,6 +41,8 @@ CELERY_TASK_ROUTES = {
     TaskName.TASK_VERIFY.value: {"queue": Queue.VERIFY.value},
     TaskName.CHAIN_SYNC.value: {"queue": Queue.CHAIN.value},
     TaskName.RENDER_MERGE.value: {"queue": Queue.AGGREGATE.value},
+    TaskName.ROUND_CLOSE.value: {"queue": Queue.AGGREGATE.value},
+    TaskName.ROUNDS_DUE.value: {"queue": Queue.SCHEDULER.value},
     # One worker with concurrency 1 consumes this queue: it alone holds the operator key's nonce.
     TaskName.SETTLE.value: {"queue": Queue.SETTLEMENT.value},
 }
@@ -48,6 +52,7 @@ CELERY_BEAT_SCHEDULE = {
     "schedule": {"task": TaskName.SCHEDULE.value, "schedule": 5.0},
     "leases-expire": {"task": TaskName.LEASES_EXPIRE.value, "schedule": 2.0},
     "jobs-expire": {"task": TaskName.JOBS_EXPIRE.value, "schedule": 60.0},
+    "rounds-due": {"task": TaskName.ROUNDS_DUE.value, "schedule": 2.0, "options": {"expires": 10}},
     # Expiring, so a queue nobody consumes (no chain, no settlement worker) does not pile up runs.
     "chain-sync": {"task": TaskName.CHAIN_SYNC.value, "schedule": 2.0, "options": {"expires": 10}},
     "settle": {"task": TaskName.SETTLE.value, "schedule": 5.0, "options": {"expires": 10}},

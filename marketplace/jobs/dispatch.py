@@ -97,6 +97,15 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
                 raise _NoLease
             if not Job.objects.filter(id=job.id, state=JobState.RUNNING).exists():
                 raise _NoLease
+            # One task of a group (a training round) per node. The node's row is locked by the UPDATE above,
+            # so two schedulers cannot both give this node a task of the group.
+            if (
+                task.group is not None
+                and Assignment.objects.filter(
+                    node=node, task__job_id=job.id, task__group=task.group, state__in=ASSIGNMENT_LIVE
+                ).exists()
+            ):
+                raise _NoLease
             attempt = Assignment.objects.filter(task_id=task.id).count() + 1
             try:
                 with transaction.atomic():
@@ -142,15 +151,23 @@ def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[
         "task_index": task.index,
         "kind": job.kind,
         "payload": task.payload,
-        # Files the runner needs (a render job's glTF assets), fetched with the node's token and checked.
-        "input_urls": [
-            {"path": a.path, "url": f"/api/assignments/{assignment.id}/inputs/{a.id}/", "sha256": a.sha256}
-            for a in job.assets.order_by("path")
-        ],
+        # Files the runner needs (a render job's glTF assets, a training round's weights and shard), checked by
+        # their sha256 after download.
+        "input_urls": _inputs(assignment=assignment, task=task, job=job),
         "time_limit_seconds": kinds.get(job.kind).time_limit_seconds,
         "start_by": assignment.start_by.isoformat(),
         "lease_expires_at": assignment.lease_expires_at.isoformat(),
     }
+
+
+def _inputs(*, assignment: Assignment, task: Task, job: Job) -> list[dict[str, Any]]:
+    kind = kinds.get(job.kind)
+    if kind.inputs is not None:
+        return kind.inputs(assignment, task)
+    return [
+        {"path": a.path, "url": f"/api/assignments/{assignment.id}/inputs/{a.id}/", "sha256": a.sha256}
+        for a in job.assets.order_by("path")
+    ]
 
 
 def _node_order(nodes: list[Node]) -> list[Node]:
@@ -259,14 +276,16 @@ def task_fail(*, task: Task, reason: str) -> None:
             work_stop(job_id=task.job_id, reason="job failed")
 
 
-def work_stop(*, job_id: UUID, reason: str) -> None:
-    """Cancel a job's unfinished tasks and revoke its open assignments (their agents get 409 at start)."""
+def work_stop(*, job_id: UUID, reason: str, group: int | None = None) -> None:
+    """Cancel a job's unfinished tasks (or one group's: a closed training round) and revoke their open
+    assignments: agents get 409 at start, and a heartbeat tells a running one to stop."""
     now = timezone.now()
-    Task.objects.filter(job_id=job_id, state__in=LEASABLE_TASK_STATES).update(
-        state=TaskState.CANCELLED, state_reason=reason, updated_at=now
-    )
+    tasks = Task.objects.filter(job_id=job_id)
+    if group is not None:
+        tasks = tasks.filter(group=group)
+    tasks.filter(state__in=LEASABLE_TASK_STATES).update(state=TaskState.CANCELLED, state_reason=reason, updated_at=now)
     for assignment_id in list(
-        Assignment.objects.filter(task__job_id=job_id, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
+        Assignment.objects.filter(task__in=tasks, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
     ):
         assignment_end(assignment_id=assignment_id, to=AssignmentState.CANCELLED, reason=reason)
 

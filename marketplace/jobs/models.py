@@ -123,6 +123,8 @@ class Task(models.Model):
     lost_attempts = models.PositiveSmallIntegerField(default=0)
     # Adaptive replication: a trusted node's single replica, verified by a marketplace spot check instead.
     spot_check = models.BooleanField(default=False)
+    # Tasks of one group (a training round) are leased to different nodes.
+    group = models.PositiveIntegerField(null=True, blank=True)
     state_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

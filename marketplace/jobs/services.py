@@ -71,8 +71,13 @@ def job_create(
     fields: dict[str, list[str]] = {}
     if isinstance(price_per_replica, bool) or not isinstance(price_per_replica, int) or price_per_replica < 1:
         fields["price_per_replica"] = ["Must be a positive whole number of token base units."]
-    if isinstance(replication, bool) or not isinstance(replication, int) or not 1 <= replication <= MAX_REPLICATION:
-        fields["replication"] = [f"Must be between 1 and {MAX_REPLICATION}."]
+    most = min(MAX_REPLICATION, job_kind.max_replication)
+    if isinstance(replication, bool) or not isinstance(replication, int) or not 1 <= replication <= most:
+        fields["replication"] = [
+            f"Must be between 1 and {most}."
+            if most > 1
+            else f"Must be 1: {job_kind.name} jobs are verified without replicas."
+        ]
     now = timezone.now()
     hours = settings.HASHWORK
     if deadline is None:
@@ -83,6 +88,8 @@ def job_create(
         fields["deadline"] = [f"Must be within {hours['JOB_MAX_DEADLINE_HOURS'] // 24} days."]
     if fields:
         raise ValidationFailed(fields)
+    if job_kind.check is not None:
+        job_kind.check(parsed, poster)
     task_count = job_kind.task_count(parsed)
     quote = quote_compute(price_per_replica=price_per_replica, task_count=task_count, replication=replication)
     if quote > UINT256_MAX:
@@ -177,9 +184,25 @@ def job_split(*, job_id: UUID) -> int:
     if job.state != JobState.FUNDED or job.tasks.exists():
         logger.info("job %s not split: state %s", job_id, job.state)
         return 0
-    plans = kinds.get(job.kind).split(kinds.parse_spec(kinds.get(job.kind), job.spec))
+    kind = kinds.get(job.kind)
+    if kind.start is not None:
+        try:
+            plans = kind.start(job)
+        except ValueError as exc:
+            # The job cannot run as posted (its dataset is unreadable, say): it fails, and its funds go back.
+            job_transition(job_id=job.id, to=JobState.FAILED, reason=f"could not start: {exc}")
+            return 0
+    else:
+        plans = kind.split(kinds.parse_spec(kind, job.spec))
     Task.objects.bulk_create(
-        Task(job=job, index=i, payload=plan.payload, requirements=plan.requirements, replicas_wanted=job.replication)
+        Task(
+            job=job,
+            index=i,
+            payload=plan.payload,
+            requirements=plan.requirements,
+            replicas_wanted=job.replication,
+            group=plan.group,
+        )
         for i, plan in enumerate(plans)
     )
     job_transition(job_id=job.id, to=JobState.RUNNING, reason=f"split into {len(plans)} tasks")

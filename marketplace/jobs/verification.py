@@ -21,8 +21,9 @@ from marketplace.payments.services import payout_create
 logger = logging.getLogger(__name__)
 
 
-def _accept(assignment_id: UUID, node_id: UUID) -> None:
-    if assignment_end(assignment_id=assignment_id, to=AssignmentState.ACCEPTED, reason="agrees with the quorum"):
+def assignment_accept(assignment_id: UUID, node_id: UUID, reason: str = "agrees with the quorum") -> None:
+    """Accept a replica: reputation up, and its payout created in the same transaction."""
+    if assignment_end(assignment_id=assignment_id, to=AssignmentState.ACCEPTED, reason=reason):
         Node.objects.filter(id=node_id).update(
             valid_count=F("valid_count") + 1, consecutive_valid=F("consecutive_valid") + 1
         )
@@ -30,7 +31,8 @@ def _accept(assignment_id: UUID, node_id: UUID) -> None:
         payout_create(assignment_id=assignment_id)
 
 
-def _reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
+def assignment_reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
+    """Reject a replica with its reason: reputation down, never paid."""
     if assignment_end(assignment_id=assignment_id, to=AssignmentState.REJECTED, reason=reason):
         Node.objects.filter(id=node_id).update(invalid_count=F("invalid_count") + 1, consecutive_valid=0)
         logger.warning("assignment %s of node %s rejected: %s", assignment_id, node_id, reason)
@@ -38,6 +40,11 @@ def _reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
 
 def task_verify(*, task_id: UUID) -> str:
     """Decide what can be decided about a task's submitted replicas; returns the task's state afterwards."""
+    kind_name = Task.objects.filter(id=task_id).values_list("job__kind", flat=True).first()
+    if kind_name is not None and kinds.get(kind_name).verify is not None:
+        verify = kinds.get(kind_name).verify
+        assert verify is not None
+        return verify(task_id)
     with transaction.atomic():
         task = Task.objects.select_for_update().select_related("job").filter(id=task_id).first()
         if task is None:
@@ -55,7 +62,7 @@ def task_verify(*, task_id: UUID) -> str:
             try:
                 values[str(result.assignment_id)] = kind.result_value(result)
             except ValueError as exc:
-                _reject(result.assignment_id, result.assignment.node_id, f"malformed result: {exc}")
+                assignment_reject(result.assignment_id, result.assignment.node_id, f"malformed result: {exc}")
         nodes = {str(r.assignment_id): r.assignment.node_id for r in results}
         states = {str(r.assignment_id): r.assignment.state for r in results}
         quorum = min(2, task.job.replication)
@@ -66,9 +73,11 @@ def task_verify(*, task_id: UUID) -> str:
             for a, value in values.items():
                 if states[a] == AssignmentState.SUBMITTED:
                     if any(kind.agree(good, value) for good in accepted):
-                        _accept(UUID(a), nodes[a])
+                        assignment_accept(UUID(a), nodes[a])
                     else:
-                        _reject(UUID(a), nodes[a], _why(kind, "differs from the accepted result", accepted, value))
+                        assignment_reject(
+                            UUID(a), nodes[a], _why(kind, "differs from the accepted result", accepted, value)
+                        )
             return task.state
         if task.state != TaskState.RUNNING:
             return task.state
@@ -78,10 +87,12 @@ def task_verify(*, task_id: UUID) -> str:
         verdict = kinds.decide(values, quorum=quorum, agree=kind.agree)
         if not verdict.needs_another_replica:
             for a in verdict.accepted:
-                _accept(UUID(a), nodes[a])
+                assignment_accept(UUID(a), nodes[a])
             winners = [values[a] for a in sorted(verdict.accepted)]
             for a in verdict.rejected:
-                _reject(UUID(a), nodes[a], _why(kind, "differs from the majority of replicas", winners, values[a]))
+                assignment_reject(
+                    UUID(a), nodes[a], _why(kind, "differs from the majority of replicas", winners, values[a])
+                )
             Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
             transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
             return TaskState.COMPLETED
@@ -118,18 +129,21 @@ def _spot_checked(*, task: Task, kind: Any, values: dict[str, Any], nodes: dict[
     assignment_id, value = next(iter(values.items()))
     ok, reason = kind.spot_check(task, value)
     if ok:
-        _accept(UUID(assignment_id), nodes[assignment_id])
+        assignment_accept(UUID(assignment_id), nodes[assignment_id])
         Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
         transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
         return TaskState.COMPLETED
-    _reject(UUID(assignment_id), nodes[assignment_id], f"spot check failed: {reason}")
+    assignment_reject(UUID(assignment_id), nodes[assignment_id], f"spot check failed: {reason}")
     # Trust is gone: back to full replication on other nodes.
     Task.objects.filter(id=task.id).update(replicas_wanted=task.job.replication, spot_check=False)
     return task.state
 
 
 def job_complete_if_done(*, job_id: UUID) -> bool:
-    """A running job whose every task is completed is completed."""
+    """A running job whose every task is completed is completed (kinds that run in rounds complete themselves)."""
+    kind_name = Job.objects.filter(id=job_id).values_list("kind", flat=True).first()
+    if kind_name is None or kinds.get(kind_name).self_completing:
+        return False
     if Task.objects.filter(job_id=job_id).exclude(state=TaskState.COMPLETED).exists():
         return False
     done = Job.objects.filter(id=job_id, state=JobState.RUNNING).update(

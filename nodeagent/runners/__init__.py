@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodeagent.runners import benchmark, render
+from nodeagent.runners import benchmark, render, train
 
 Runner = Callable[[dict[str, Any], Path], dict[str, Any]]
 
-RUNNERS: dict[str, Runner] = {"benchmark": benchmark.run, "render": render.run}
+RUNNERS: dict[str, Runner] = {"benchmark": benchmark.run, "render": render.run, "train": train.run}
 
 
 def get(kind: str) -> Runner:

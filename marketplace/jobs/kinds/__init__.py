@@ -19,6 +19,8 @@ class TaskPlan:
 
     payload: dict[str, Any]
     requirements: dict[str, Any]
+    # Tasks of one group (a training round) go to different nodes: one node holds at most one of them at a time.
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,19 @@ class Kind:
     required_assets: Callable[[dict[str, Any]], list[str]] | None = None
     asset_max_bytes: int = 64 * 2**20
     asset_suffixes: tuple[str, ...] = ()
+    # The most replicas a poster may ask for (train verifies by replay and robust aggregation: exactly 1).
+    max_replication: int = 5
+    # Checks that need the poster (check(parsed spec, poster); raises ValidationFailed), e.g. that a train job's
+    # dataset is a completed render job of the same poster.
+    check: Callable[[Any, Any], None] | None = None
+    # Kinds that run in rounds (train) drive themselves. `start(job)` prepares the job and returns its first
+    # tasks, instead of split(spec); `verify(task_id)` replaces replica agreement; the kind completes the job.
+    start: Callable[[Any], list[TaskPlan]] | None = None
+    verify: Callable[[Any], str] | None = None
+    self_completing: bool = False
+    # The files an assignment's runner downloads (inputs(assignment, task) -> [{"path", "url", "sha256"}]);
+    # by default the job's uploaded assets.
+    inputs: Callable[[Any, Any], list[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,5 +144,18 @@ def parse_spec(kind: Kind, spec: Any) -> Any:
 
 from marketplace.jobs.kinds import benchmark as _benchmark  # noqa: E402  (registers itself)
 from marketplace.jobs.kinds import render as _render  # noqa: E402  (registers itself)
+from marketplace.jobs.kinds import train as _train  # noqa: E402  (registers itself)
 
-__all__ = ["Kind", "TaskPlan", "Verdict", "_benchmark", "_render", "decide", "get", "names", "parse_spec", "register"]
+__all__ = [
+    "Kind",
+    "TaskPlan",
+    "Verdict",
+    "_benchmark",
+    "_render",
+    "_train",
+    "decide",
+    "get",
+    "names",
+    "parse_spec",
+    "register",
+]
