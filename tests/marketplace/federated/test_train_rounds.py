@@ -125,7 +125,8 @@ def test_a_train_job_runs_its_rounds_pays_accepted_updates_and_delivers_a_better
     job = _started(poster, dataset)
     data = TrainData.objects.get(job=job)
     assert data.classes == ["red-carton", "green-can", "blue-bottle"]
-    assert len(data.shards) == 2 and sum(s["samples"] for s in data.shards) == data.train_samples
+    assert len(data.shards) == 2
+    assert sum(s["samples"] for s in data.shards) == data.train_samples
     nodes = _nodes(operator, 2)
     for index in range(2):
         leased = dispatch.schedule()
@@ -138,7 +139,7 @@ def test_a_train_job_runs_its_rounds_pays_accepted_updates_and_delivers_a_better
         assert federated.round_close(job_id=job.id, index=index, why="quorum") in {"next round", "finished"}
         rnd = TrainRound.objects.get(job=job, index=index)
         assert rnd.state == RoundState.CLOSED
-        assert rnd.metrics["accepted"] == 2 and rnd.metrics["rejected"] == {}
+        assert (rnd.metrics["accepted"], rnd.metrics["rejected"]) == (2, {})
         assert set(rnd.metrics["bytes_up"]) == {str(n.node.id) for n in nodes}
         assert all(b > 0 for b in rnd.metrics["bytes_down"].values())
     job.refresh_from_db()
@@ -157,7 +158,7 @@ def test_a_train_job_runs_its_rounds_pays_accepted_updates_and_delivers_a_better
         card = json.loads(archive.read("model_card.json"))
         (tmp_path / "model.safetensors").write_bytes(archive.read("model.safetensors"))
     assert card["final"]["accuracy"] == final
-    assert card["dataset"]["upload"] == "data/products.zip" and len(card["rounds"]) == 2
+    assert (card["dataset"]["upload"], len(card["rounds"])) == ("data/products.zip", 2)
     state, info = load_model(tmp_path / "model.safetensors")
     assert (info.model, info.classes, info.image_size) == ("smallcnn", data.classes, 16)
     assert all(torch.isfinite(t).all() for t in state.values())
@@ -201,7 +202,8 @@ def test_a_poisoned_update_is_rejected_not_paid_and_not_aggregated(
     assert not Payout.objects.filter(assignment_id=liar).exists()
     assert Payout.objects.filter(job=job).count() == 2
     metrics = TrainRound.objects.get(job=job, index=0).metrics
-    assert metrics["accepted"] == 2 and str(liar) in metrics["rejected"]
+    assert metrics["accepted"] == 2
+    assert str(liar) in metrics["rejected"]
     assert rejected.node.invalid_count == 1
 
 
@@ -389,5 +391,6 @@ def test_a_dataset_that_is_not_coco_fails_the_job_with_the_reason(poster: Person
     assert services.job_split(job_id=UUID(job_id)) == 0
     job = Job.objects.get(id=job_id)
     assert job.state == JobState.FAILED
-    assert "could not start" in job.state_reason and "zip" in job.state_reason
+    assert "could not start" in job.state_reason
+    assert "zip" in job.state_reason
     assert not Task.objects.filter(job=job).exists()
