@@ -5,12 +5,13 @@ The marketplace calls `validate_spec`, `render_chunk`, `compare`, `spot_check` a
 
 from __future__ import annotations
 
-from synthetic.compare import RGB_MIN_PSNR_DB, Verdict, compare
+from synthetic.compare import NORMALS_MAX_ANGLE_DEG, RGB_MIN_PSNR_DB, Verdict, compare
 from synthetic.merge import MergeError, merge
 from synthetic.render import RenderError, render_chunk, spot_check
 from synthetic.spec import RenderSpec, SpecError, validate_spec
 
 __all__ = [
+    "NORMALS_MAX_ANGLE_DEG",
     "RGB_MIN_PSNR_DB",
     "MergeError",
     "RenderError",

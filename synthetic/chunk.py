@@ -11,11 +11,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from synthetic import png16
+
 CHUNK_FORMAT = "hashwork-synthetic-chunk/1"
 MANIFEST = "chunk.json"
 ANNOTATIONS = "annotations.json"
 # pass name → folder; every per-image file is <folder>/<global index, 8 digits>.<ext>
-PASS_DIRS = {"rgb": "rgb", "instance": "instance", "category": "category", "depth": "depth"}
+PASS_DIRS = {"rgb": "rgb", "instance": "instance", "category": "category", "depth": "depth", "normals": "normals"}
 META_DIR = "meta"
 
 
@@ -35,15 +37,22 @@ def meta_path(root: Path, index: int) -> Path:
 
 
 def write_png(path: Path, array: NDArray[Any]) -> None:
-    """Write uint8 RGB or uint16 single-channel pixels as PNG (atomically: temp file, then rename)."""
+    """Write uint8 RGB, uint16 single-channel or uint16 RGB pixels as PNG (atomically: temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
+    if array.dtype == np.uint16 and array.ndim == 3:
+        tmp.write_bytes(png16.encode(array))
+    else:
+        Image.fromarray(array).save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
 def read_png(path: Path) -> NDArray[Any]:
-    """Pixels of a PNG: uint8 H×W×3 for RGB, uint16 H×W for 16-bit single-channel."""
+    """Pixels of a PNG: uint8 H×W×3 for RGB, uint16 H×W for 16-bit single-channel, uint16 H×W×3 for 16-bit RGB."""
+    with path.open("rb") as handle:
+        if png16.is_rgb16(handle.read(26)):
+            handle.seek(0)
+            return png16.decode(handle.read())
     with Image.open(path) as img:
         if img.mode in ("I;16", "I;16B", "I"):
             return np.array(img, dtype=np.uint16)

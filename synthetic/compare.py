@@ -1,4 +1,5 @@
-"""Verification of rendered chunks: format, label passes exactly, RGB by PSNR; the verdict names what failed."""
+"""Verification of rendered chunks: format, label passes exactly, normals by angle, RGB by PSNR; the verdict names
+what failed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from numpy.typing import NDArray
 
 from synthetic import chunk
 from synthetic.labels import bbox_from_mask, decode_rle
+from synthetic.normals import angle_deg, decode_normals
 
 # RGB rule, from measurements on this project's scenes (docs/synthetic.md, "Verification"; 128², 4 images each):
 # honest CPU replicas in separate processes are pixel-identical (PSNR = inf); a render with ¼ of the samples
@@ -19,7 +21,15 @@ from synthetic.labels import bbox_from_mask, decode_rle
 # render farms use, would accept some of them. 50 dB rejects every lazy render measured with a ≥16 dB margin and
 # leaves room for the small floating-point drift expected between GPU and CPU replicas sharing a seed.
 RGB_MIN_PSNR_DB = 50.0
-LABEL_PASSES = ("instance", "category", "depth")
+# Normals rule (docs/synthetic.md, "Verification"): normals come from the same pinned software rasteriser as the
+# labels, so honest replicas are identical (measured: 0° between processes). Making llvmpipe generate code for
+# other CPUs changed nothing (AVX only, SSE4.1, SSE2, 128-bit vectors) or, with scalar code, 15 pixels of one image
+# by one 16-bit code (≤ 0.002°); the half-float framebuffer could at worst round one step differently
+# (≈ 0.02–0.03°). The foreground must match exactly, like the masks; 0.05° per pixel allows that step, while 8-bit
+# re-quantised normals are off by up to 0.30–0.34° in ≥ 98 % of the pixels, and Cycles' own normal pass (1 sample)
+# by ~90° on a few edge pixels.
+NORMALS_MAX_ANGLE_DEG = 0.05
+LABEL_PASSES = ("instance", "category", "depth", "normals")
 _MAX_REASONS = 50
 
 
@@ -100,6 +110,9 @@ def _read(ch: _Chunk, pass_name: str, index: int, reasons: list[str], label: str
         reasons.append(f"{label}: image {index}: {pass_name} pass missing or unreadable ({type(exc).__name__})")
         return None
     width, height = ch.manifest["resolution"]
+    if pass_name == "normals" and (pixels.dtype != np.uint16 or pixels.ndim != 3):  # noqa: S105 - a pass name
+        reasons.append(f"{label}: image {index}: normals pass is not a 16-bit RGB PNG")
+        return None
     if pixels.shape[:2] != (height, width):
         reasons.append(
             f"{label}: image {index}: {pass_name} pass is {pixels.shape[1]}×{pixels.shape[0]}, not {width}×{height}"
@@ -132,6 +145,23 @@ def _self_consistent(ch: _Chunk, index: int, ids: NDArray[Any], reasons: list[st
             reasons.append(f"{where}: segmentation RLE does not decode to the instance mask")
 
 
+def _normals_differ(a: NDArray[Any], b: NDArray[Any]) -> str | None:
+    """Why two normals images disagree (foreground pixels, or any angle above NORMALS_MAX_ANGLE_DEG), or None."""
+    normals_a, foreground_a = decode_normals(a)
+    normals_b, foreground_b = decode_normals(b)
+    if not np.array_equal(foreground_a, foreground_b):
+        differ = int(np.count_nonzero(foreground_a != foreground_b))
+        return f"foreground differs in {differ} pixels (must match exactly)"
+    angles = angle_deg(normals_a, normals_b)[foreground_a]
+    beyond = int(np.count_nonzero(angles > NORMALS_MAX_ANGLE_DEG))
+    if beyond:
+        return (
+            f"angle exceeds {NORMALS_MAX_ANGLE_DEG}° in {beyond} pixels "
+            f"(max {float(angles.max()):.3f}°, mean {float(angles.mean()):.4f}° over the foreground)"
+        )
+    return None
+
+
 def _strip_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(({k: v for k, v in a.items() if k != "id"} for a in items), key=lambda a: int(a["instance_id"]))
 
@@ -148,7 +178,11 @@ def _compare_labels(a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str]
             pb = _read(b, pass_name, index, reasons, "B")
             if pa is None or pb is None:
                 continue
-            if pa.shape != pb.shape or not np.array_equal(pa, pb):
+            if pass_name == "normals":  # noqa: S105 - a pass name, not a secret
+                problem = _normals_differ(pa, pb)
+                if problem:
+                    reasons.append(f"image {index}: normals pass {problem}")
+            elif pa.shape != pb.shape or not np.array_equal(pa, pb):
                 diff = int(np.count_nonzero(pa != pb)) if pa.shape == pb.shape else pa.size
                 reasons.append(f"image {index}: {pass_name} pass differs in {diff} pixels (labels must match exactly)")
             if pass_name == "instance":  # noqa: S105 - a pass name, not a secret
@@ -169,7 +203,8 @@ def _compare_labels(a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str]
 
 
 def compare(dir_a: str | Path, dir_b: str | Path) -> Verdict:
-    """Compare two replicas of a chunk: format, then labels exactly, then RGB (PSNR ≥ RGB_MIN_PSNR_DB per image)."""
+    """Compare two replicas of a chunk: format, then labels exactly and normals within NORMALS_MAX_ANGLE_DEG, then
+    RGB (PSNR ≥ RGB_MIN_PSNR_DB per image)."""
     reasons: list[str] = []
     a = _load(Path(dir_a), reasons, "A")
     b = _load(Path(dir_b), reasons, "B")
@@ -200,7 +235,7 @@ def compare(dir_a: str | Path, dir_b: str | Path) -> Verdict:
 
 
 def compare_labels(reference: Path, rerender: Path, indices: list[int]) -> Verdict:
-    """Spot check: the label passes of `indices` in chunk `reference` against a labels-only re-render."""
+    """Spot check: the label passes (and normals) of `indices` in chunk `reference` against a labels-only re-render."""
     reasons: list[str] = []
     a = _load(reference, reasons, "chunk")
     b = _load(rerender, reasons, "re-render")

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 ProductKind = Literal["carton", "bottle", "can", "jar", "pouch"]
 PRODUCT_KINDS: tuple[str, ...] = ("carton", "bottle", "can", "jar", "pouch")
-PassName = Literal["rgb", "instance", "category", "depth"]
+PassName = Literal["rgb", "instance", "category", "depth", "normals"]
 LabelStyle = Literal["bands", "blocks", "glyphs", "pattern", "mixed"]
 
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -186,7 +186,7 @@ class Randomization(_Strict):
 
 
 class OutputSpec(_Strict):
-    """Resolution (width, height), Cycles samples, denoising and the passes written."""
+    """Resolution (width, height), Cycles samples, denoising and the passes written (`normals` is opt-in)."""
 
     resolution: tuple[Annotated[int, Field(ge=16, le=8192)], Annotated[int, Field(ge=16, le=8192)]] = (640, 480)
     samples: Annotated[int, Field(ge=1, le=4096)] = 64

@@ -1,4 +1,5 @@
-"""Render passes: Cycles RGB, and the Workbench label render (flat ID colours + depth) read back from EXR."""
+"""Render passes: Cycles RGB, and Workbench renders read back from EXR: labels (flat ID colours + depth) and
+normals (camera-space corner normals as a colour attribute)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from numpy.typing import NDArray
 from synthetic.device import choose_device
 from synthetic.exr import read_exr
 from synthetic.labels import decode_ids, id_colour
+from synthetic.normals import BLENDER_TO_OPENCV
 from synthetic.spec import OutputSpec
 
 
@@ -69,12 +71,15 @@ def render_rgb(path: Path, output: OutputSpec, cycles_seed: int, gpu: bool) -> N
     bpy.ops.render.render(write_still=True)
 
 
-def _workbench(path: Path) -> dict[str, NDArray[Any]]:
+_NORMAL_ATTRIBUTE = "hashwork_normal"
+
+
+def _workbench(path: Path, colour: str = "OBJECT") -> dict[str, NDArray[Any]]:
     scene = bpy.context.scene
     scene.render.engine = "BLENDER_WORKBENCH"
     shading = scene.display.shading
     shading.light = "FLAT"
-    shading.color_type = "OBJECT"
+    shading.color_type = colour
     shading.show_cavity = False
     shading.show_shadows = False
     shading.show_object_outline = False
@@ -104,7 +109,7 @@ def _channels(channels: dict[str, NDArray[Any]], name: str) -> NDArray[Any]:
     for key, value in channels.items():
         if key.endswith(name):
             return value
-    raise KeyError(f"label render has no {name} channel (got {sorted(channels)})")
+    raise KeyError(f"Workbench render has no {name} channel (got {sorted(channels)})")
 
 
 def render_labels(
@@ -149,3 +154,57 @@ def render_alone(instances: dict[int, list[Any]], props: list[Any], group: list[
         _channels(channels, "Combined.B"),
         _channels(channels, "Combined.A"),
     )
+
+
+def _facing_camera(mesh: Any, matrix: Any, normal_matrix: NDArray[Any], eye: NDArray[Any]) -> NDArray[Any]:
+    """Per face corner: +1 where its face (in world space) faces the camera at `eye`, −1 where it is a back face."""
+    faces = len(mesh.polygons)
+    normals = np.empty(faces * 3, dtype=np.float32)
+    centres = np.empty(faces * 3, dtype=np.float32)
+    sizes = np.empty(faces, dtype=np.int32)
+    mesh.polygons.foreach_get("normal", normals)
+    mesh.polygons.foreach_get("center", centres)
+    mesh.polygons.foreach_get("loop_total", sizes)
+    world = np.array(matrix, dtype=np.float64)
+    points = centres.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
+    towards = normals.reshape(-1, 3).astype(np.float64) @ normal_matrix.T
+    away = ((points - eye) * towards).sum(axis=1) > 0
+    # A mesh's corners are stored face after face (Blender keeps face offsets sorted).
+    out: NDArray[Any] = np.repeat(np.where(away, -1.0, 1.0), sizes)
+    return out
+
+
+def render_normals(tmp: Path) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Camera-space (OpenCV axes) normals as rasterised (H×W×3, not yet unit length) and the background mask.
+
+    Each mesh gets its corner normals, turned into camera space, as a float colour attribute, and Workbench draws
+    that attribute unlit: the same rasteriser and pixel centres as the label render, so the foreground is exactly
+    the depth pass's, and no path tracing. Back faces get their normals reversed per face (from the face's own
+    normal, as Cycles decides it), so what the camera sees faces it. Normals are the mesh's own (smooth, flat or
+    custom split), not a normal map's. Run it after the label renders: it leaves the attribute on the meshes.
+    """
+    scene = bpy.context.scene
+    camera = scene.camera
+    to_camera = BLENDER_TO_OPENCV @ np.array(camera.matrix_world.to_3x3().normalized(), dtype=np.float64).T
+    eye = np.array(camera.matrix_world.translation, dtype=np.float64)
+    for obj in scene.objects:
+        if obj.type != "MESH":
+            continue
+        if obj.data.users > 1:
+            # Instanced glTF meshes: each object needs the normals of its own transform.
+            obj.data = obj.data.copy()
+        mesh = obj.data
+        corners = np.empty(len(mesh.loops) * 3, dtype=np.float32)
+        mesh.corner_normals.foreach_get("vector", corners)
+        to_world = np.array(obj.matrix_world.to_3x3().inverted_safe().transposed(), dtype=np.float64)
+        n = corners.reshape(-1, 3).astype(np.float64) @ (to_camera @ to_world).T
+        length = np.maximum(np.sqrt((n * n).sum(axis=1)), 1e-12)
+        n *= (_facing_camera(mesh, obj.matrix_world, to_world, eye) / length)[:, None]
+        rgba = np.ones((len(n), 4), dtype=np.float32)
+        rgba[:, :3] = n
+        attribute = mesh.color_attributes.new(_NORMAL_ATTRIBUTE, "FLOAT_COLOR", "CORNER")
+        attribute.data.foreach_set("color", rgba.ravel())
+        mesh.color_attributes.active_color = attribute
+    channels = _workbench(tmp / "normals.exr", colour="VERTEX")
+    raw = np.stack([_channels(channels, f"Combined.{c}") for c in "RGB"], axis=-1)
+    return raw, _channels(channels, "Combined.A") < 0.5

@@ -1,4 +1,4 @@
-"""The linear render entry: spec → plan → scene → RGB → label passes → labels written, per image."""
+"""The linear render entry: spec → plan → scene → RGB → label passes → normals → labels written, per image."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import bpy  # type: ignore[import-untyped]
 from synthetic import chunk
 from synthetic.blender import passes, scene
 from synthetic.labels import annotations_for_image, category_mask, depth_mm, disjoint_groups, pixel_counts
+from synthetic.normals import camera_normals, encode_normals
 from synthetic.plan import plan_image
 from synthetic.spec import RenderSpec
 
@@ -60,6 +61,10 @@ def render_range(
             chunk.write_png(chunk.pass_path(out_dir, "category", index), category_mask(ids, category_of))
         if "depth" in wanted:
             chunk.write_png(chunk.pass_path(out_dir, "depth", index), depth_mm(z, background))
+        if "normals" in wanted:
+            raw, empty = passes.render_normals(tmp)
+            normals = encode_normals(camera_normals(raw, empty), empty)
+            chunk.write_png(chunk.pass_path(out_dir, "normals", index), normals)
         meta = plan.to_json()
         chunk.write_json(chunk.meta_path(out_dir, index), meta)
         image_id = index + 1

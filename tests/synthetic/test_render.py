@@ -59,7 +59,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_four_image_chunk_renders_in_seconds(rendered: Rendered) -> None:
+def test_a_four_image_chunk_renders_in_seconds_without_the_opt_in_normals(rendered: Rendered) -> None:
     assert rendered.seconds < 60
     manifest = chunk.read_json(rendered.honest / chunk.MANIFEST)
     assert (manifest["start"], manifest["count"], manifest["device"]) == (0, 4, "CPU")
@@ -67,6 +67,8 @@ def test_a_four_image_chunk_renders_in_seconds(rendered: Rendered) -> None:
         for name in ("rgb", "instance", "category", "depth"):
             pixels = chunk.read_png(chunk.pass_path(rendered.honest, name, index))
             assert pixels.shape[:2] == (128, 128)
+    assert "normals" not in manifest["passes"]
+    assert not (rendered.honest / "normals").exists()
     assert not list(rendered.honest.glob(".render-*"))
 
 

@@ -11,7 +11,7 @@ from tests.synthetic.helpers import small_spec
 
 
 def test_errors_name_the_field_path() -> None:
-    bad = small_spec(output={"resolution": [8, 128], "passes": ["rgb", "normals"]}, images=0)
+    bad = small_spec(output={"resolution": [8, 128], "passes": ["rgb", "albedo"]}, images=0)
     bad["catalog"][0]["palette"] = ["red"]
     bad["scene"] = {"template": "shelf", "shelf": {"rows": [4, 2]}, "colour": "x"}
     with pytest.raises(SpecError) as info:
@@ -39,6 +39,12 @@ def test_asset_paths_cannot_leave_the_job_assets() -> None:
 def test_instance_pass_is_required() -> None:
     with pytest.raises(SpecError, match="instance"):
         validate_spec(small_spec(output={"passes": ["rgb"]}))
+
+
+def test_normals_are_an_opt_in_pass() -> None:
+    assert "normals" not in validate_spec(small_spec()).output.passes
+    spec = validate_spec(small_spec(output={"passes": ["instance", "normals"]}))
+    assert spec.output.passes == ["instance", "normals"]
 
 
 def test_an_image_plan_depends_only_on_spec_seed_and_index() -> None:
@@ -71,7 +77,8 @@ def test_the_bpy_free_modules_import_without_blender() -> None:
     import sys
 
     code = (
-        "import sys, synthetic, synthetic.cli, synthetic.show, synthetic.plan, synthetic.textures, synthetic.geometry;"
+        "import sys, synthetic, synthetic.cli, synthetic.show, synthetic.plan, synthetic.textures, synthetic.geometry,"
+        " synthetic.normals, synthetic.png16;"
         "assert 'bpy' not in sys.modules, 'bpy was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
