@@ -177,6 +177,10 @@ def main(argv: list[str]) -> None:
     (_config.state / "work").mkdir(parents=True, exist_ok=True)
     running_dir(_config).mkdir(parents=True, exist_ok=True)
     app = make_app(_config)
+    # Runner children are forked from the pool processes: import the heavy libraries once, here, so a train
+    # assignment does not pay torch's import (~1-2 s) every time. Importing starts no threads, so forking stays safe.
+    with contextlib.suppress(ImportError):
+        import training.local  # noqa: F401
     # --quiet drops Celery's banner: the agent prints its own summary, and each assignment is logged.
     app.worker_main(
         [
