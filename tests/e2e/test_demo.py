@@ -28,7 +28,7 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     port = _free_port()
     done = subprocess.run(
         [sys.executable, "manage.py", "demo", "--headless", "--port", str(port), "--timeout", "90"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -54,10 +54,20 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     assert len(coco["images"]) == 12
     assert coco["annotations"]
     assert (tmp_path / "demo-preview.png").stat().st_size > 0
+    # Then a train job on that dataset: rounds on both nodes, a model better than the untrained one, paid.
+    assert "Posted a train job on that dataset: smallcnn" in out
+    untrained = float(out.split("untrained accuracy ")[1].split("%")[0])
+    assert "round 1: 2 updates accepted" in out
+    final = float(out.split("held-out accuracy ")[-1].split("%")[0])
+    assert final >= untrained + 25, (untrained, final)
+    assert out.count("The ledger matches the chain (payments reconcile).") == 2
+    with zipfile.ZipFile(tmp_path / "demo-model.zip") as archive:
+        assert set(archive.namelist()) == {"model.safetensors", "model_card.json"}
     # A second run in the same directory reuses the chain and its contracts and replaces the old demo nodes.
     escrow = next(line for line in out.splitlines() if line.startswith("Chain:"))
     again = subprocess.run(
-        [sys.executable, "manage.py", "demo", "--headless", "--port", str(_free_port()), "--timeout", "90"],
+        [sys.executable, "manage.py", "demo", "--headless", "--no-train", "--port", str(_free_port()), "--timeout",
+         "90"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr

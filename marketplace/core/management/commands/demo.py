@@ -138,14 +138,17 @@ class Command(BaseCommand):
         "Run Hashwork locally on embedded defaults: start the embedded Redis (unless REDIS_URL is set), the web "
         "server, a marketplace Celery worker and beat; enrol and start two local node agents; post a sample "
         "render job (a small labeled dataset) through the API as a demo poster, fund it in the escrow on a local "
-        "Anvil chain (or "
-        "ETH_RPC_URL's), follow it until every task is verified and paid, refund the poster and print the balances; "
-        "print the URL, token and job id. Runs until Ctrl-C (with --headless, exits 0 once "
+        "Anvil chain (or ETH_RPC_URL's), follow it until every task is verified and paid, refund the poster and "
+        "print the balances; then a train job on its dataset, round by round, the same way; print the URL, token "
+        "and job ids. Runs until Ctrl-C (with --headless, exits 0 once "
         "the job has completed), then stops every process it started."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--headless", action="store_true", help="Exit 0 once the sample job has completed.")
+        parser.add_argument("--headless", action="store_true", help="Exit 0 once the sample jobs have completed.")
+        parser.add_argument(
+            "--no-train", action="store_true", help="Stop after the render job (skip the train job on its dataset)."
+        )
         parser.add_argument(
             "--port",
             type=int,
@@ -160,7 +163,7 @@ class Command(BaseCommand):
         self.stdout.write(style(message) if style else message)
         self.stdout.flush()
 
-    def handle(self, *args: Any, headless: bool, port: int, timeout: float, **options: Any) -> None:
+    def handle(self, *args: Any, headless: bool, no_train: bool, port: int, timeout: float, **options: Any) -> None:
         if not 1 <= port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port (1-65535).")
         if timeout <= 0:
@@ -188,23 +191,24 @@ class Command(BaseCommand):
             self._follow(job_id, supervisor, timeout)
             self._settle_and_refund(job_id, supervisor, timeout)
             self._dataset(base_url, token, job_id, supervisor, timeout)
-            train_id = self._post_train_job(base_url, token, job_id)
-            self._fund_and_wait(train_id, supervisor, timeout)
-            accuracy = self._follow_train(train_id, supervisor, timeout)
-            self._settle_and_refund(train_id, supervisor, timeout)
-            self._model(base_url, token, train_id)
+            train_id, accuracy = None, None
+            if not no_train:
+                train_id = self._post_train_job(base_url, token, job_id)
+                self._fund_and_wait(train_id, supervisor, timeout)
+                accuracy = self._follow_train(train_id, supervisor, timeout)
+                self._settle_and_refund(train_id, supervisor, timeout)
+                self._model(base_url, token, train_id)
             self.say("")
             self.say(f"  Marketplace  {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
             self.say(f"  API token    {token}   (user {DEMO_POSTER})", self.style.SUCCESS)
             self.say(f"  Render job   {base_url}/api/jobs/{job_id}/", self.style.SUCCESS)
-            self.say(f"  Train job    {base_url}/api/jobs/{train_id}/rounds/", self.style.SUCCESS)
+            if train_id is not None:
+                self.say(f"  Train job    {base_url}/api/jobs/{train_id}/rounds/", self.style.SUCCESS)
             self.say(f"  Try:  curl -H 'Authorization: Token {token}' {base_url}/api/jobs/{job_id}/")
             self.say(f"  Logs: {supervisor.log_dir}")
             if headless:
-                self.say(
-                    "Headless demo finished: a dataset rendered and a model trained on two local nodes "
-                    f"(held-out accuracy {accuracy:.1%}), verified and paid."
-                )
+                trained = f" and a model trained (held-out accuracy {accuracy:.1%})" if accuracy is not None else ""
+                self.say(f"Headless demo finished: a dataset rendered{trained} on two local nodes, verified and paid.")
                 return
             self.say("Running. Press Ctrl-C to stop.")
             while True:
