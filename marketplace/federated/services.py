@@ -370,14 +370,25 @@ def _verdicts(
     norms = {aid: float(update_norm(delta)) for aid, (_, delta) in updates.items()}
     previous = TrainRound.objects.filter(job_id=rnd.job_id, index=rnd.index - 1).first()
     history = list(previous.metrics.get("accepted_norms", [])) if previous else []
-    # The reference norm: this round's updates and last round's accepted ones (two updates alone have no
-    # meaningful median; one poisoned update among few would drag it up).
-    reference = statistics.median(list(norms.values()) + history)
+    # The reference norm: the median of this round's updates when there are three or more (a minority of
+    # poisoned ones cannot move it); with fewer, last round's accepted norms join them, since the median of two
+    # is their mean and one huge update would drag it up. Updates shrink as training converges, so old rounds
+    # are not used when this one has enough.
+    pool = list(norms.values()) if len(norms) >= 3 else list(norms.values()) + history
+    reference = statistics.median(pool)
     accepted: dict[UUID, str] = {}
     rejected: dict[UUID, str] = {}
     replayed: list[str] = []
     compression = CompressionSpec(**spec.compression.model_dump())
     chooser = secrets.SystemRandom()
+    samples = {
+        aid: float(data.shards[int(result.assignment.task.payload["participant"])]["samples"])
+        for aid, (result, _) in updates.items()
+    }
+    samples = {
+        aid: float(data.shards[int(result.assignment.task.payload["participant"])]["samples"])
+        for aid, (result, _) in updates.items()
+    }
     for aid, (result, delta) in sorted(updates.items(), key=lambda kv: str(kv[0])):
         norm = norms[aid]
         if reference > 0 and norm > hw["TRAIN_NORM_FACTOR"] * reference:
@@ -385,13 +396,25 @@ def _verdicts(
                 f"update norm {norm:.4g} exceeds {hw['TRAIN_NORM_FACTOR']:g}× the round's median {reference:.4g}"
             )
             continue
+        # Judged at the weight it would have in the aggregate: alone at full weight, an honest update that did
+        # many local steps overfits its shard and raises held-out loss late in training (docs/training.md).
         ok, why = loss_check(
-            spec.model, len(data.classes), spec.image_size, state, delta, val, hw["TRAIN_LOSS_TOLERANCE"]
+            spec.model,
+            len(data.classes),
+            spec.image_size,
+            state,
+            delta,
+            val,
+            hw["TRAIN_LOSS_TOLERANCE"],
+            scale=samples[aid] / sum(samples.values()),
         )
         if not ok:
             rejected[aid] = f"held-out loss check failed: {why}"
             continue
-        if chooser.random() < hw["TRAIN_REPLAY_SHARE"]:
+        # A random share is replayed, and every update whose norm stands out (honest norms differ a lot between
+        # shards, so standing out is a reason to look, not to reject).
+        suspicious = reference > 0 and norm > hw["TRAIN_SUSPICIOUS_FACTOR"] * reference
+        if suspicious or chooser.random() < hw["TRAIN_REPLAY_SHARE"]:
             replayed.append(str(aid))
             ok, why = replay_check(delta, _replay(spec, data, result.assignment.task, state), compression)
             if not ok:
@@ -451,7 +474,8 @@ def round_close(*, job_id: UUID, index: int, why: str) -> str:
                 aid: float(data.shards[int(updates[aid][0].assignment.task.payload["participant"])]["samples"])
                 for aid in accepted
             }
-            ordered = sorted(accepted, key=str)
+            # In participant order, so the sum (and the model) does not depend on the assignments' random ids.
+            ordered = sorted(accepted, key=lambda a: int(updates[a][0].assignment.task.payload["participant"]))
             delta = aggregate([updates[a][1] for a in ordered], [shard_samples[a] for a in ordered], spec.aggregation)
             state = apply(state, delta)
         scores = evaluate(spec.model, len(data.classes), spec.image_size, state, val)

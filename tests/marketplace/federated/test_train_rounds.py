@@ -172,8 +172,10 @@ def test_one_node_never_holds_two_participants_of_a_round(poster: Persona, opera
 
 
 def _poison(update: bytes) -> bytes:
+    """Noise ×100: each layer gets Gaussian noise with 100 times the spread of the honest update's values."""
     delta = decompress(update)
-    noisy = {k: v + 100 * torch.randn_like(v) * (v.std() + 1e-3) for k, v in delta.items()}
+    seeded = torch.Generator().manual_seed(7)
+    noisy = {k: v + 100 * torch.randn(v.shape, generator=seeded) * (v.std() + 1e-3) for k, v in delta.items()}
     return compress(noisy, _int8())[0]
 
 
@@ -394,3 +396,31 @@ def test_a_dataset_that_is_not_coco_fails_the_job_with_the_reason(poster: Person
     assert "could not start" in job.state_reason
     assert "zip" in job.state_reason
     assert not Task.objects.filter(job=job).exists()
+
+
+def _run_job(poster: Persona, nodes: list[NodePersona], dataset: bytes, tmp: Path, poisoned: bool) -> float:
+    """Run a 3-participant, 2-round job to the end; the first participant's node poisons every update if asked."""
+    job = _started(poster, dataset, rounds=2, participants=3, validation_fraction=0.3)
+    for index in range(2):
+        leased = dispatch.schedule()
+        owners = _by_node(leased, nodes)
+        for assignment_id, node in owners.items():
+            tamper = _poison if poisoned and node is nodes[0] else None
+            assert _run_node(node, assignment_id, tmp / f"{poisoned}-{index}", tamper).status_code == 201
+            _verify(assignment_id)
+        federated.round_close(job_id=job.id, index=index, why="quorum")
+    job.refresh_from_db()
+    assert job.state == JobState.COMPLETED, job.state_reason
+    return float(TrainRound.objects.get(job=job, index=1).metrics["accuracy"])
+
+
+def test_with_a_poisoner_in_every_round_the_model_is_within_a_point_of_a_clean_run(
+    poster: Persona, operator: Persona, dataset: bytes, tmp_path: Path
+) -> None:
+    nodes = _nodes(operator, 3)
+    # 150 images, 450 crops, 135 held out: one point of accuracy is about one crop.
+    bigger = coco_zip(tmp_path / "bigger.zip", images=150, seed=11).read_bytes()
+    clean = _run_job(poster, nodes, bigger, tmp_path, poisoned=False)
+    attacked = _run_job(poster, nodes, bigger, tmp_path, poisoned=True)
+    assert Assignment.objects.filter(node=nodes[0].node, state=AssignmentState.REJECTED).count() == 2
+    assert abs(clean - attacked) <= 0.01, (clean, attacked)

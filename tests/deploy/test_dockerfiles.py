@@ -1,0 +1,191 @@
+"""The Dockerfiles under docker/: pinned bases, a user that is not root, no secrets, and what each image needs.
+
+No image is built here (there is no Docker engine); the builds themselves check more (torch's flavour, that bpy
+imports) and fail loudly where these reviews cannot see.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.helpers import DOCKER, MARKETPLACE_DOCKERFILE, REPO, Instruction, dockerfile_instructions
+
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+NAMES = [path.name for path in DOCKERFILES]
+BLENDER_IMAGES = ["marketplace.Dockerfile", "nodeagent.Dockerfile"]
+
+
+def instructions(name: str) -> list[Instruction]:
+    return dockerfile_instructions(DOCKER / name)
+
+
+def final_stage(name: str) -> list[Instruction]:
+    found = instructions(name)
+    last_from = max(i for i, instruction in enumerate(found) if instruction.keyword == "FROM")
+    return found[last_from:]
+
+
+def apt_packages(name: str) -> set[str]:
+    packages: set[str] = set()
+    for instruction in instructions(name):
+        if instruction.keyword != "RUN" or "apt-get install" not in instruction.arguments:
+            continue
+        for command in instruction.arguments.split("&&"):
+            words = shlex.split(command)
+            if words[:2] == ["apt-get", "install"]:
+                packages |= {word for word in words[2:] if not word.startswith("-")}
+    return packages
+
+
+def _pattern(pattern: str) -> re.Pattern[str]:
+    # .dockerignore patterns are anchored at the context root; ** spans folders, * and ? stay within one.
+    regex, index = "", 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            regex, index = regex + "(?:.*/)?", index + 3
+        elif pattern.startswith("**", index):
+            regex, index = regex + ".*", index + 2
+        elif pattern[index] == "*":
+            regex, index = regex + "[^/]*", index + 1
+        elif pattern[index] == "?":
+            regex, index = regex + "[^/]", index + 1
+        else:
+            regex, index = regex + re.escape(pattern[index]), index + 1
+    return re.compile(regex)
+
+
+def dockerignored(path: str) -> bool:
+    """Whether the build context leaves `path` out (a pattern matching it or a parent folder; the last one wins)."""
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    parts = path.split("/")
+    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    ignored = False
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = _pattern(line.removeprefix("!").strip("/"))
+        if any(pattern.fullmatch(candidate) for candidate in candidates):
+            ignored = not negated
+    return ignored
+
+
+def test_the_images_the_deployment_builds_are_all_here() -> None:
+    assert set(NAMES) >= {"marketplace.Dockerfile", "nodeagent.Dockerfile", "anvil.Dockerfile"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_it_starts_with_from_and_pins_every_base_image(name: str) -> None:
+    found = instructions(name)
+    assert found[0].keyword == "FROM"
+    stages: set[str] = set()
+    for instruction in found:
+        if instruction.keyword != "FROM":
+            continue
+        words = [word for word in instruction.arguments.split() if not word.startswith("--")]
+        image = words[0]
+        if image not in stages:
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            assert tag, f"line {instruction.line}: {image} needs an explicit tag"
+            assert tag != "latest", f"line {instruction.line}: {image} needs a tag that is not latest"
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_its_processes_run_as_a_user_that_is_not_root(name: str) -> None:
+    users = [instruction.arguments.split(":")[0] for instruction in final_stage(name) if instruction.keyword == "USER"]
+    assert users, "no USER: the processes would run as root"
+    assert users[-1] not in {"root", "0"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_secret_is_baked_into_it(name: str) -> None:
+    for instruction in instructions(name):
+        if instruction.keyword in {"ENV", "ARG"}:
+            names = [pair.partition("=")[0] for pair in shlex.split(instruction.arguments)]
+            assert not [n for n in names if re.search(r"KEY|SECRET|PASSWORD|TOKEN", n)], instruction
+        if instruction.keyword in {"COPY", "ADD"}:
+            assert ".env" not in instruction.arguments.split(), instruction
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_everything_it_copies_is_in_the_build_context(name: str) -> None:
+    for instruction in instructions(name):
+        if instruction.keyword != "COPY" or "--from=" in instruction.arguments:
+            continue
+        *sources, _destination = [w for w in shlex.split(instruction.arguments) if not w.startswith("--")]
+        for source in sources:
+            if source != ".":
+                assert (REPO / source).exists(), f"line {instruction.line}: {source} does not exist"
+                assert not dockerignored(source), f"line {instruction.line}: .dockerignore leaves {source} out"
+
+
+def test_the_build_context_has_what_the_images_run_and_nothing_local_or_secret() -> None:
+    needed = [
+        "pyproject.toml",
+        "README.md",  # pyproject.toml's readme: the project does not build without it
+        "manage.py",
+        "package.json",
+        "contracts/build/JobEscrow.json",
+        "contracts/build/ComputeToken.json",
+        "marketplace/settings.py",
+        "docker/deploy_contracts.py",
+        "docker/nodeagent-entrypoint.sh",
+    ]
+    assert [path for path in needed if dockerignored(path)] == []
+    assert (REPO / "contracts/build/JobEscrow.json").is_file()
+    left_out = [".venv/bin/python", "node_modules/solc/package.json", "var/hashwork.sqlite3", ".git/HEAD"]
+    left_out += [
+        "docker/.env",
+        ".env",
+        "marketplace/__pycache__/settings.cpython-311.pyc",
+        "hashwork.egg-info/PKG-INFO",
+    ]
+    assert [path for path in left_out if not dockerignored(path)] == []
+
+
+@pytest.mark.parametrize("name", BLENDER_IMAGES)
+def test_images_that_run_blender_install_its_system_packages(name: str) -> None:
+    # The Makefile's list is the one the test suite and `make demo` run with.
+    makefile = (REPO / "Makefile").read_text()
+    wanted = re.search(r"^SYSTEM_PACKAGES\s*:=\s*(.+)$", makefile, re.MULTILINE)
+    assert wanted is not None
+    assert set(wanted[1].split()) <= apt_packages(name)
+    # tini is PID 1: it reaps the Blender and torch children.
+    assert "tini" in apt_packages(name)
+    assert final_stage(name)[-1].keyword in {"CMD", "ENTRYPOINT"}
+    entrypoint = [i.arguments for i in final_stage(name) if i.keyword == "ENTRYPOINT"]
+    assert entrypoint
+    assert entrypoint[-1].startswith('["tini", "--"')
+
+
+def test_the_marketplace_image_takes_torch_from_the_cpu_index_and_collects_static_files() -> None:
+    runs = [i.arguments for i in instructions(Path(MARKETPLACE_DOCKERFILE).name) if i.keyword == "RUN"]
+    assert any("--extra-index-url https://download.pytorch.org/whl/cpu" in run for run in runs)
+    assert any("torch.version.cuda is None" in run for run in runs)
+    assert any("manage.py collectstatic" in run for run in runs)
+
+
+def test_the_node_agent_image_runs_python_3_11_on_a_cuda_base() -> None:
+    found = instructions("nodeagent.Dockerfile")
+    assert found[0].arguments.startswith("nvidia/cuda:")
+    assert {"python3.11", "python3.11-venv"} <= apt_packages("nodeagent.Dockerfile")
+    runs = [i.arguments for i in found if i.keyword == "RUN"]
+    assert not any("download.pytorch.org/whl/cpu" in run for run in runs)
+    assert any("assert torch.version.cuda" in run for run in runs)
+    env = {i.arguments for i in found if i.keyword == "ENV"}
+    assert any("NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics" in e for e in env)
+
+
+def test_the_chain_image_runs_anvils_native_binary_at_the_pinned_version() -> None:
+    found = instructions("anvil.Dockerfile")
+    runs = " ".join(i.arguments for i in found if i.keyword == "RUN")
+    assert 'devDependencies["@foundry-rs/anvil"]' in runs
+    last = {i.keyword: i.arguments for i in final_stage("anvil.Dockerfile")}
+    assert last["ENTRYPOINT"] == '["anvil"]'
+    assert "--prune-history" in last["CMD"]
