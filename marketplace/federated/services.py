@@ -358,6 +358,32 @@ def _replay(spec: TrainSpec, data: TrainData, task: Task, state: dict[str, Any])
     ).delta
 
 
+def _previous_update(result: Result, state: dict[str, Any]) -> dict[str, Any]:
+    """The last update this node sent for this job before `result` (decompressed; zeros if none): with it the
+    top-k replay check bounds the node's error-feedback residual without knowing it (training.verify). An
+    upload the node lost leaves this one round behind: its next check may then fail once."""
+    import torch
+
+    from training.compress import decompress
+
+    earlier = (
+        Result.objects.filter(
+            assignment__node_id=result.assignment.node_id,
+            assignment__task__job_id=result.assignment.task.job_id,
+            created_at__lt=result.created_at,
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    if earlier is not None:
+        try:
+            with earlier.artifact.open("rb") as handle:
+                return decompress(handle.read())
+        except ValueError:
+            pass
+    return {name: torch.zeros_like(value) for name, value in state.items() if value.is_floating_point()}
+
+
 def _verdicts(
     *, spec: TrainSpec, data: TrainData, rnd: TrainRound, updates: dict[UUID, tuple[Result, dict[str, Any]]], val: Any
 ) -> tuple[dict[UUID, str], dict[UUID, str], dict[str, Any]]:
@@ -381,10 +407,6 @@ def _verdicts(
     replayed: list[str] = []
     compression = CompressionSpec(**spec.compression.model_dump())
     chooser = secrets.SystemRandom()
-    samples = {
-        aid: float(data.shards[int(result.assignment.task.payload["participant"])]["samples"])
-        for aid, (result, _) in updates.items()
-    }
     samples = {
         aid: float(data.shards[int(result.assignment.task.payload["participant"])]["samples"])
         for aid, (result, _) in updates.items()
@@ -416,7 +438,12 @@ def _verdicts(
         suspicious = reference > 0 and norm > hw["TRAIN_SUSPICIOUS_FACTOR"] * reference
         if suspicious or chooser.random() < hw["TRAIN_REPLAY_SHARE"]:
             replayed.append(str(aid))
-            ok, why = replay_check(delta, _replay(spec, data, result.assignment.task, state), compression)
+            ok, why = replay_check(
+                delta,
+                _replay(spec, data, result.assignment.task, state),
+                compression,
+                previous=_previous_update(result, state) if compression.name == "topk" else None,
+            )
             if not ok:
                 rejected[aid] = f"replay check failed: {why}"
                 continue
