@@ -12,7 +12,7 @@ SYSTEM_REDIS := redis://127.0.0.1:6379/0
 # A service "answers" when its TCP port accepts a connection.
 answers = $(shell (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && echo yes)
 
-.PHONY: help demo test lint typecheck pytest install migrate clean system-packages flower
+.PHONY: help demo test lint typecheck pytest install migrate clean system-packages browser-packages vendor flower
 
 help:
 	@echo "make demo   install what is missing and run the sample job on embedded defaults"
@@ -51,6 +51,21 @@ system-packages:
 	  fi; \
 	fi
 
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser-packages:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "==> installing chromium (the dashboard's browser tests need it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests need Chromium: sudo apt-get install chromium"; exit 1; \
+	  fi; \
+	fi
+
+# Copy the dashboard's front-end libraries from node_modules into marketplace/web/static/web/vendor (committed).
+vendor: $(NODE_STAMP)
+	$(PY) -m marketplace.web.vendor
+
 install: system-packages $(STAMP) $(if $(wildcard package.json),$(NODE_STAMP))
 
 migrate: install
@@ -75,7 +90,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # Tests use the machine's PostgreSQL and Redis when they answer, the embedded defaults otherwise.
-pytest: install
+pytest: install browser-packages
 	@if [ -z "$$DATABASE_URL" ] && [ "$(call answers,5432)" = yes ]; then export DATABASE_URL=$(PG_URL); fi; \
 	if [ -z "$$REDIS_URL" ] && [ "$(call answers,6379)" = yes ]; then export REDIS_URL=$(SYSTEM_REDIS); fi; \
 	export HASHWORK_REDIS_PREFIX=$${HASHWORK_REDIS_PREFIX:-test-$$$$:}; \

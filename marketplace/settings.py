@@ -42,7 +42,11 @@ INSTALLED_APPS = [
     "marketplace.jobs",
     "marketplace.payments",
     "marketplace.federated",
+    "marketplace.web",
 ]
+
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:jobs"
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

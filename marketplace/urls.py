@@ -6,7 +6,6 @@ from django.contrib import admin
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace.federated import apis as federated_apis
@@ -64,8 +63,7 @@ api = [
 ]
 
 urlpatterns = [
-    # Until the dashboard lands, the front page is the interactive API documentation.
-    path("", RedirectView.as_view(url="/api/docs/", permanent=False), name="home"),
+    path("", include("marketplace.web.urls")),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/", include(api)),

@@ -1,0 +1,73 @@
+// The browser-wallet side of the dashboard (EIP-1193 through ethers.js): linking a wallet by signing a
+// Sign-In with Ethereum message, and funding a job (approve + fund on the escrow).
+window.Hashwork = (() => {
+  function say(el, text, ok) {
+    el.textContent = text;
+    el.className = "form-text " + (ok === false ? "text-danger" : ok ? "text-success" : "");
+  }
+  async function provider(el) {
+    if (!window.ethereum) {
+      say(el, "No browser wallet found: install one (MetaMask, Rabby, …) and reload this page.", false);
+      return null;
+    }
+    const p = new ethers.BrowserProvider(window.ethereum);
+    await p.send("eth_requestAccounts", []);
+    return p;
+  }
+  async function linkWallet(messageUrl, verifyUrl, csrf, el) {
+    try {
+      const p = await provider(el);
+      if (!p) return;
+      const signer = await p.getSigner();
+      const address = await signer.getAddress();
+      const network = await p.getNetwork();
+      say(el, "Sign the message in your wallet…");
+      const m = await fetch(`${messageUrl}?address=${address}&chain_id=${network.chainId}`);
+      const body = await m.json();
+      if (!m.ok) return say(el, body.error, false);
+      const signature = await signer.signMessage(body.message);
+      const v = await fetch(verifyUrl, {
+        method: "POST", headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
+        body: JSON.stringify({message: body.message, signature}),
+      });
+      const result = await v.json();
+      if (!v.ok) return say(el, result.error, false);
+      say(el, `Linked ${result.address}.`, true);
+      document.getElementById("wallet-address").textContent = result.address;
+    } catch (e) {
+      say(el, `The wallet refused: ${e.shortMessage || e.message}`, false);
+    }
+  }
+  const ERC20 = ["function approve(address spender, uint256 amount) returns (bool)",
+                 "function allowance(address owner, address spender) view returns (uint256)"];
+  const ESCROW = ["function fund(bytes32 jobId, uint256 amount, uint64 deadline)"];
+  async function fundJob(f, el) {
+    try {
+      const p = await provider(el);
+      if (!p) return;
+      const network = await p.getNetwork();
+      if (Number(network.chainId) !== Number(f.chainId)) {
+        return say(el, `Switch your wallet to chain ${f.chainId} (it is on ${network.chainId}).`, false);
+      }
+      const signer = await p.getSigner();
+      const owner = await signer.getAddress();
+      const token = new ethers.Contract(f.token, ERC20, signer);
+      const total = BigInt(f.total);
+      if ((await token.allowance(owner, f.escrow)) < total) {
+        say(el, "Approve the escrow to take the tokens…");
+        await (await token.approve(f.escrow, total)).wait();
+      }
+      say(el, "Fund the job…");
+      const escrow = new ethers.Contract(f.escrow, ESCROW, signer);
+      // The escrow's job id: the marketplace UUID left-padded with zeros to 32 bytes.
+      const key = "0x" + "0".repeat(32) + f.jobId.replaceAll("-", "");
+      const tx = await escrow.fund(key, total, BigInt(f.deadline));
+      await tx.wait();
+      say(el, `Funded (tx ${tx.hash}); the marketplace starts the job when it sees the deposit.`, true);
+      setTimeout(() => location.reload(), 2500);
+    } catch (e) {
+      say(el, `Funding failed: ${e.shortMessage || e.message}`, false);
+    }
+  }
+  return {linkWallet, fundJob};
+})();
