@@ -73,7 +73,8 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     assert again.returncode == 0, again.stdout + again.stderr
     assert escrow in again.stdout
     assert "The ledger matches the chain (payments reconcile)." in again.stdout
-    assert f"http://127.0.0.1:{port}/api/jobs/" in out
+    assert f"Dashboard    http://127.0.0.1:{port}/" in out
+    assert "Log in as    demo-poster / hashwork-demo" in out
     assert "stopped agent-1 (exit code 0)" in out
     assert "stopped agent-2 (exit code 0)" in out
     assert "stopped beat (exit code 0)" in out

@@ -43,6 +43,8 @@ from marketplace.payments.services import reconcile
 DEMO_POSTER = "demo-poster"
 DEMO_OPERATOR = "demo-operator"
 DEMO_AGENTS = 2
+# The demo users log in to the dashboard with this password (local demo only).
+DEMO_PASSWORD = "hashwork-demo"
 # The main job: a small labeled dataset of products on a shelf, rendered in 3 chunks on the two local nodes.
 SAMPLE_JOB: dict[str, Any] = {
     "kind": "render",
@@ -199,11 +201,15 @@ class Command(BaseCommand):
                 self._settle_and_refund(train_id, supervisor, timeout)
                 self._model(base_url, token, train_id)
             self.say("")
-            self.say(f"  Marketplace  {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
+            self.say(f"  Dashboard    {base_url}/  (API docs: {base_url}/api/docs/)", self.style.SUCCESS)
+            self.say(
+                f"  Log in as    {DEMO_POSTER} / {DEMO_PASSWORD} (jobs) or {DEMO_OPERATOR} / {DEMO_PASSWORD} (nodes)",
+                self.style.SUCCESS,
+            )
             self.say(f"  API token    {token}   (user {DEMO_POSTER})", self.style.SUCCESS)
-            self.say(f"  Render job   {base_url}/api/jobs/{job_id}/", self.style.SUCCESS)
+            self.say(f"  Render job   {base_url}/jobs/{job_id}/", self.style.SUCCESS)
             if train_id is not None:
-                self.say(f"  Train job    {base_url}/api/jobs/{train_id}/rounds/", self.style.SUCCESS)
+                self.say(f"  Train job    {base_url}/jobs/{train_id}/", self.style.SUCCESS)
             self.say(f"  Try:  curl -H 'Authorization: Token {token}' {base_url}/api/jobs/{job_id}/")
             self.say(f"  Logs: {supervisor.log_dir}")
             if headless:
@@ -458,8 +464,8 @@ class Command(BaseCommand):
         user, created = get_user_model().objects.get_or_create(
             username=username, defaults={"email": f"{username}@demo.hashwork.local"}
         )
-        if created:
-            user.set_unusable_password()
+        if created or not user.check_password(DEMO_PASSWORD):
+            user.set_password(DEMO_PASSWORD)
             user.save(update_fields=["password"])
         token, _ = Token.objects.get_or_create(user=user)
         return str(token.key)
