@@ -44,7 +44,7 @@ DEMO_POSTER = "demo-poster"
 DEMO_OPERATOR = "demo-operator"
 DEMO_AGENTS = 2
 # The demo users log in to the dashboard with this password (local demo only).
-DEMO_PASSWORD = "hashwork-demo"
+DEMO_PASSWORD = "hashwork-demo"  # noqa: S105 - printed by the demo for its local, throwaway users
 # The main job: a small labeled dataset of products on a shelf, rendered in 3 chunks on the two local nodes.
 SAMPLE_JOB: dict[str, Any] = {
     "kind": "render",
