@@ -1,0 +1,87 @@
+"""The dashboard's browser-wallet flows in Chromium against a real Anvil chain: linking a wallet by Sign-In with
+Ethereum, and "Fund with wallet" (approve + fund through EIP-1193 and ethers.js), which the marketplace's chain
+reader then sees. The wallet is the only stand-in: an EIP-1193 provider injected into the page that forwards every
+request to Anvil, whose development accounts are unlocked (Anvil signs), as a browser extension would."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from contracts import devchain
+from tests.e2e.stack import Stack
+from tests.e2e.test_dashboard import CHROMIUM, _shot
+
+pytestmark = pytest.mark.slow
+
+# window.ethereum, forwarding to Anvil; eth_requestAccounts answers with one development account.
+WALLET = """
+window.ethereum = {
+  isHashworkTestWallet: true,
+  async request({method, params}) {
+    if (method === "eth_requestAccounts" || method === "eth_accounts") return ["%(account)s"];
+    const reply = await fetch("%(rpc)s", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({jsonrpc: "2.0", id: Date.now(), method, params: params || []})});
+    const body = await reply.json();
+    if (body.error) throw Object.assign(new Error(body.error.message), body.error);
+    return body.result;
+  },
+  on() {}, removeListener() {},
+};
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    running = Stack(tmp_path, chain=True, HASHWORK_DEV_FUNDING="false").start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack, browser: Browser) -> None:
+    wallet = Account.from_key(devchain.dev_keys(4)[3]).address
+    stack.manage("chain", "faucet", wallet, "50")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    page.add_init_script(WALLET % {"account": wallet, "rpc": stack.env["ETH_RPC_URL"]})
+    page.goto(f"{stack.url}/accounts/signup/")
+    page.get_by_label("Username").fill("wallet-wendy")
+    page.get_by_label("Password", exact=True).fill("a-long-Passphrase-9")
+    page.get_by_label("Password confirmation").fill("a-long-Passphrase-9")
+    page.get_by_role("button", name="Sign up").click()
+
+    page.get_by_role("link", name="wallet-wendy").click()
+    page.get_by_role("button", name="Link a wallet").click()
+    expect(page.locator("#wallet-status")).to_contain_text(f"Linked {wallet.lower()}")
+    _shot(page, "profile-wallet")
+
+    page.get_by_role("link", name="Post a job").click()
+    page.get_by_label("Images", exact=True).fill("4")
+    page.get_by_label("Resolution (square, pixels)").fill("64")
+    page.get_by_label("Replication").fill("1")
+    page.get_by_role("button", name="Post the job").click()
+    expect(page.get_by_text("Fund this job")).to_be_visible()
+    # On a chain, dev funding is off here (HASHWORK_DEV_FUNDING=false) but the chain is local: both buttons show.
+    page.get_by_role("button", name="Fund with wallet").click()
+    expect(page.locator("#fund-status")).to_contain_text("Funded (tx 0x", timeout=60_000)
+    _shot(page, "funded-with-wallet")
+    # The chain reader sees the deposit and the job starts (no agents here: it waits for nodes).
+    expect(page.locator("#job-state")).to_have_text("running", timeout=60_000)
