@@ -164,6 +164,11 @@ def _job_context(job: Job) -> dict[str, Any]:
         .select_related("task", "node")
         .order_by("task__index", "leased_at")
     )
+    from marketplace.payments.models import EntryKind, LedgerEntry
+
+    refunded = sum(
+        int(a) for a in LedgerEntry.objects.filter(job=job, kind=EntryKind.REFUND).values_list("amount", flat=True)
+    )
     progress = selectors.job_progress(job=job)
     eta = None
     if job.state == JobState.RUNNING and job.funded_at and 0 < progress < 1:
@@ -180,6 +185,7 @@ def _job_context(job: Job) -> dict[str, Any]:
         "results": results[:200],
         "payouts": payouts,
         "paid": _tokens(paid),
+        "refunded": _tokens(refunded) if refunded else None,
         "quote": _tokens(job.quote),
         "output": getattr(job, "output", None) if hasattr(job, "output") else None,
         "live": job.state in (JobState.DRAFT, JobState.FUNDED, JobState.RUNNING),
@@ -210,7 +216,36 @@ def job_detail(request: HttpRequest, job_id: UUID) -> HttpResponse:
     job = get_object_or_404(Job, id=job_id, poster=request.user)
     context = _job_context(job)
     context["funding"] = _funding(job)
+    context["refund"] = _refund(job)
     return render(request, "web/jobs/detail.html", context)
+
+
+def _refund(job: Job) -> dict[str, Any] | None:
+    """What a finished job's poster can take back from the escrow (closed by the marketplace once every payout is
+    settled); None when there is nothing, or no chain to ask."""
+    if job.state not in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED):
+        return None
+    if not settings.ETH_RPC_URL:
+        return None
+    try:
+        from contracts.connection import connect
+        from contracts.deploy import load_deployment
+
+        w3 = connect(settings.ETH_RPC_URL)
+        dep = load_deployment(settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id)
+        on_chain = dep.escrow_contract(w3).job_of(job.id)
+    except Exception:
+        return None
+    if on_chain.funded == 0 or on_chain.remaining == 0:
+        return None
+    return {
+        "escrow": dep.escrow,
+        "chain_id": dep.chain_id,
+        "job_id": str(job.id),
+        "remaining": _tokens(on_chain.remaining),
+        "closed": on_chain.closed,
+        "poster": on_chain.poster,
+    }
 
 
 @login_required

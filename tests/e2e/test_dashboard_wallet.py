@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 from contracts import devchain
 from tests.e2e.stack import Stack
 from tests.e2e.test_dashboard import CHROMIUM, _shot
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +86,18 @@ def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack
     _shot(page, "funded-with-wallet")
     # The chain reader sees the deposit and the job starts (no agents here: it waits for nodes).
     expect(page.locator("#job-state")).to_have_text("running", timeout=60_000)
+
+    # Cancelled before any node took it: the marketplace closes the escrow, and the poster takes it all back.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.locator("#job-state")).to_have_text("cancelled")
+
+    def refundable() -> bool:
+        page.reload()
+        return page.get_by_role("button", name="Refund with wallet").count() == 1
+
+    wait_for(refundable, timeout=90, what="the escrow to be closed for the refund", interval=2)
+    expect(page.get_by_text("0.1025 HWC of this job's deposit were not spent")).to_be_visible()
+    page.get_by_role("button", name="Refund with wallet").click()
+    expect(page.locator("#refund-status")).to_contain_text("Refunded (tx 0x", timeout=60_000)
+    _shot(page, "refunded-with-wallet")

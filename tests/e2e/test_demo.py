@@ -61,6 +61,7 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     final = float(out.split("held-out accuracy ")[-1].split("%")[0])
     assert final >= untrained + 25, (untrained, final)
     assert out.count("The ledger matches the chain (payments reconcile).") == 2
+    assert "Summary: 12 images rendered, held-out accuracy " in out
     with zipfile.ZipFile(tmp_path / "demo-model.zip") as archive:
         assert set(archive.namelist()) == {"model.safetensors", "model_card.json"}
     # A second run in the same directory reuses the chain and its contracts and replaces the old demo nodes.

@@ -174,6 +174,7 @@ class Command(BaseCommand):
         supervisor = Supervisor(var_dir / "logs")
         started_redis = False
         self.devchain: devchain.DevChain | None = None
+        self.totals = {"paid": 0, "refunded": 0}
 
         def on_sigterm(signum: int, frame: Any) -> None:
             raise _Stop
@@ -215,6 +216,13 @@ class Command(BaseCommand):
             if headless:
                 trained = f" and a model trained (held-out accuracy {accuracy:.1%})" if accuracy is not None else ""
                 self.say(f"Headless demo finished: a dataset rendered{trained} on two local nodes, verified and paid.")
+                images = SAMPLE_JOB["spec"]["images"]
+                self.say(
+                    f"Summary: {images} images rendered"
+                    + (f", held-out accuracy {accuracy:.1%}" if accuracy is not None else "")
+                    + f", {_tokens(self.totals['paid'])} HWC paid to the nodes, "
+                    f"{_tokens(self.totals['refunded'])} HWC refunded to the poster."
+                )
                 return
             self.say("Running. Press Ctrl-C to stop.")
             while True:
@@ -324,6 +332,7 @@ class Command(BaseCommand):
 
         shown = -1
         last_change = time.monotonic()
+        bar = self._bar(int(TRAIN_SPEC["rounds"]), "rounds trained", "round")
         while True:
             supervisor.check()
             data = TrainData.objects.filter(job_id=job_id).first()
@@ -336,13 +345,20 @@ class Command(BaseCommand):
             for rnd in TrainRound.objects.filter(job_id=job_id, state=RoundState.CLOSED, index__gte=max(shown, 0)):
                 m = rnd.metrics
                 up = sum(m.get("bytes_up", {}).values())
-                self.say(
+                line = (
                     f"  round {rnd.index + 1}: {m['accepted']} updates accepted, held-out accuracy {m['accuracy']:.1%} "
                     f"(loss {m['loss']:.3f}), {up / 1024:.0f} KiB uploaded, {m['wall_seconds']:.0f}s"
                 )
+                if bar is None:
+                    self.say(line)
+                else:
+                    bar.write(line)
+                    bar.update(1)
                 shown, last_change = rnd.index + 1, time.monotonic()
             job = Job.objects.get(id=job_id)
             if job.state == JobState.COMPLETED:
+                if bar is not None:
+                    bar.close()
                 break
             if job.state in JOB_TERMINAL:
                 raise CommandError(f"The train job ended {job.state}: {job.state_reason}")
@@ -388,6 +404,8 @@ class Command(BaseCommand):
             dep.escrow_contract(w3, poster).refund(job_id)
         refunded = dep.token_contract(w3).balance_of(poster.address) - before
         self.say(f"  poster {poster.address}: refunded {_tokens(refunded)} HWC")
+        self.totals["paid"] += sum(int(p.amount) for p in payouts)
+        self.totals["refunded"] += refunded
         for node in Node.objects.filter(payouts__job_id=job_id).distinct():
             wallet = w3.to_checksum_address(node.wallet_address)
             self.say(f"  node {node.name} {wallet}: credited {_tokens(escrow.credit_of(wallet))} HWC")
@@ -509,6 +527,7 @@ class Command(BaseCommand):
         """Show progress until the job is done; fail if it ends otherwise or stalls past `timeout`."""
         last_line = ""
         last_change = time.monotonic()
+        bar = self._bar(Job.objects.get(id=job_id).task_count, "chunks verified", "chunk")
         while True:
             supervisor.check()
             job = Job.objects.get(id=job_id)
@@ -520,9 +539,15 @@ class Command(BaseCommand):
                 f"{Assignment.objects.filter(task__job=job, state=AssignmentState.ACCEPTED).count()} replicas accepted"
             )
             if line != last_line:
-                self.say(line)
+                if bar is None:
+                    self.say(line)
+                else:
+                    bar.update(counts["completed"] - bar.n)
+                    bar.set_postfix_str(f"{counts['running']} running")
                 last_line, last_change = line, time.monotonic()
             if job.state == JobState.COMPLETED:
+                if bar is not None:
+                    bar.close()
                 break
             if job.state in JOB_TERMINAL:
                 raise CommandError(f"The sample job ended {job.state}: {job.state_reason}")
@@ -536,6 +561,14 @@ class Command(BaseCommand):
             per_node[name] = per_node.get(name, 0) + 1
         spread = ", ".join(f"{name}: {n}" for name, n in sorted(per_node.items()))
         self.say(f"The job is completed: every chunk's replicas agreed ({spread}).")
+
+    def _bar(self, total: int, desc: str, unit: str) -> Any:
+        """A progress bar on a terminal; None when stdout is not one (logs, tests), which get a line per change."""
+        if not self.stdout.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"  {desc}", unit=unit, file=sys.stdout, leave=True)
 
     def _fund_and_wait(self, job_id: UUID, supervisor: Supervisor, timeout: float) -> None:
         out = io.StringIO()

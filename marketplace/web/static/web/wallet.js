@@ -69,5 +69,22 @@ window.Hashwork = (() => {
       say(el, `Funding failed: ${e.shortMessage || e.message}`, false);
     }
   }
-  return {linkWallet, fundJob};
+  async function refundJob(f, el) {
+    try {
+      const p = await provider(el);
+      if (!p) return;
+      const network = await p.getNetwork();
+      if (Number(network.chainId) !== Number(f.chainId)) {
+        return say(el, `Switch your wallet to chain ${f.chainId} (it is on ${network.chainId}).`, false);
+      }
+      const escrow = new ethers.Contract(f.escrow, ["function refund(bytes32 jobId)"], await p.getSigner());
+      say(el, "Confirm the refund in your wallet…");
+      const tx = await escrow.refund("0x" + "0".repeat(32) + f.jobId.replaceAll("-", ""));
+      await tx.wait();
+      say(el, `Refunded (tx ${tx.hash}).`, true);
+    } catch (e) {
+      say(el, `The refund failed: ${e.shortMessage || e.message}`, false);
+    }
+  }
+  return {linkWallet, fundJob, refundJob};
 })();
