@@ -91,6 +91,9 @@ class Agent:
                 if item.workdir is not None and (done := progress.read(item.workdir)) is not None
             },
         )
+        if reply.get("withdraw"):
+            # Asked from the dashboard: withdraw in the background, so heartbeats go on while the chain confirms.
+            threading.Thread(target=self._withdraw, name="withdraw", daemon=True).start()
         for assignment_id in reply.get("revoked", []):
             pid = running[assignment_id].pid if assignment_id in running else None
             if pid:
@@ -98,6 +101,17 @@ class Agent:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
                 self.say(f"assignment {assignment_id} was revoked by the marketplace; stopped its runner")
+
+    def _withdraw(self) -> None:
+        from nodeagent.withdraw import WithdrawError, withdraw
+
+        self.say("The operator asked for a withdrawal from the dashboard…")
+        try:
+            self.say(withdraw(self.cfg))
+        except WithdrawError as exc:
+            self.say(f"Withdrawal not done: {exc}")
+        except Exception:
+            logger.exception("the withdrawal failed")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop.set()

@@ -172,36 +172,14 @@ def _amount(raw: str) -> int:
 
 
 def cmd_withdraw(args: argparse.Namespace, path: Path) -> int:
-    from contracts.bindings import JobEscrow
-    from contracts.connection import connect
-    from contracts.errors import ChainError
-    from contracts.sender import Sender
+    from nodeagent.withdraw import WithdrawError, withdraw
 
     cfg = agent_config.load(path)
     amount = _amount(args.amount) if args.amount is not None else None
     try:
-        info = MarketplaceClient(cfg.marketplace_url, token=cfg.token).chain()
-    except (ApiError, TransientError) as exc:
-        raise CliError(f"Cannot ask {cfg.marketplace_url} where the escrow is: {exc}") from exc
-    if not info.get("configured"):
-        raise CliError("The marketplace runs without a chain: there is nothing to withdraw.")
-    rpc_url = args.rpc_url or info["rpc_url"]
-    try:
-        w3 = connect(rpc_url)
-        escrow = JobEscrow(w3, info["escrow"], Sender(w3, cfg.wallet_key))
-        credit = escrow.credit_of(cfg.wallet_address)
-        if credit == 0:
-            raise CliError(f"{cfg.wallet_address} has no credit in the escrow yet: nothing to withdraw.")
-        wanted = credit if amount is None else amount
-        if wanted > credit:
-            raise CliError(f"You asked for {_tokens(wanted)} HWC but the credit is {_tokens(credit)} HWC.")
-        if w3.eth.get_balance(w3.to_checksum_address(cfg.wallet_address)) == 0:
-            raise CliError(f"{cfg.wallet_address} has no ETH to pay gas on chain {info['chain_id']}: send it a little.")
-        receipt = escrow.withdraw(wanted)
-    except ChainError as exc:
-        raise CliError(f"The withdrawal failed: {exc}") from exc
-    tx = "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
-    print(f"Withdrew {_tokens(wanted)} HWC to {cfg.wallet_address} (tx {tx}).")
+        print(withdraw(cfg, amount, args.rpc_url))
+    except WithdrawError as exc:
+        raise CliError(str(exc)) from exc
     return 0
 
 

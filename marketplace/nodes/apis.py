@@ -120,6 +120,9 @@ class NodeHeartbeatOutputSerializer(serializers.Serializer):  # type: ignore[typ
     revoked = serializers.ListField(
         child=serializers.UUIDField(), help_text="Reported assignments the node no longer holds: stop them."
     )
+    withdraw = serializers.BooleanField(
+        help_text="The operator asked for the node's escrow credit to be withdrawn to its wallet: do it now."
+    )
 
 
 class NodeHeartbeatApi(NodeApiView):
@@ -140,7 +143,9 @@ class NodeHeartbeatApi(NodeApiView):
             running=data.validated_data["running"],
             progress=data.validated_data.get("progress"),
         )
-        return Response(NodeHeartbeatOutputSerializer({"node": beat.node, "revoked": beat.revoked}).data)
+        return Response(
+            NodeHeartbeatOutputSerializer({"node": beat.node, "revoked": beat.revoked, "withdraw": beat.withdraw}).data
+        )
 
 
 class NodeReleaseInputSerializer(serializers.Serializer):  # type: ignore[type-arg]

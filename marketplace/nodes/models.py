@@ -29,6 +29,9 @@ class Node(models.Model):
     invalid_count = models.PositiveIntegerField(default=0)
     expired_count = models.PositiveIntegerField(default=0)
     consecutive_valid = models.PositiveIntegerField(default=0)
+    # The operator asked (dashboard) for the node's credit to be withdrawn; the next heartbeat tells the agent,
+    # which signs the withdrawal with the node's own key.
+    withdraw_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

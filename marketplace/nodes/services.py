@@ -94,6 +94,7 @@ def node_enroll(
 class Heartbeat:
     node: Node
     revoked: list[UUID]
+    withdraw: bool = False
 
 
 def node_heartbeat(
@@ -121,10 +122,14 @@ def node_heartbeat(
         updates["capabilities"] = capabilities
     Node.objects.filter(id=node.id).update(**updates)
     revoked = dispatch.leases_extend(node=node, assignment_ids=running or [], progress=progress)
+    # Told once: the request is cleared by the heartbeat that carries it.
+    withdraw = bool(
+        Node.objects.filter(id=node.id, withdraw_requested_at__isnull=False).update(withdraw_requested_at=None)
+    )
     node.refresh_from_db()
     if accepting and free_slots > 0:
         transaction.on_commit(schedule_request)
-    return Heartbeat(node=node, revoked=revoked)
+    return Heartbeat(node=node, revoked=revoked, withdraw=withdraw)
 
 
 def node_deactivate(*, node_id: Any, reason: str) -> bool:

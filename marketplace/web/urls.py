@@ -30,4 +30,5 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/fund-dev/", views.job_fund_dev, name="job-fund-dev"),
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("nodes/", views.nodes, name="nodes"),
+    path("nodes/<uuid:node_id>/withdraw/", views.node_withdraw, name="node-withdraw"),
 ]

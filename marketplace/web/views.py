@@ -354,6 +354,17 @@ def nodes(request: HttpRequest) -> HttpResponse:
     )
 
 
+@login_required
+@require_POST
+def node_withdraw(request: HttpRequest, node_id: UUID) -> HttpResponse:
+    """Ask the node to withdraw its escrow credit: its agent does it at its next heartbeat, with its own key."""
+    node = get_object_or_404(Node, id=node_id, operator=request.user, is_active=True)
+    Node.objects.filter(id=node.id).update(withdraw_requested_at=timezone.now())
+    when = "at its next heartbeat" if node.is_online else "when it is next online"
+    messages.success(request, f"{node.name} will withdraw its credit to {node.wallet_address} {when}.")
+    return redirect("web:nodes")
+
+
 # The network (public) ----------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from web3 import Web3
 
 from contracts import devchain
@@ -85,7 +86,44 @@ def test_a_job_is_funded_on_chain_paid_per_accepted_replica_refunded_and_reconci
     assert token.balance_of(Web3.to_checksum_address(wallet)) == accepted[agents[0].node_id] * PRICE + 10**12
     status = stack.nodeagent("miner-a", "status", env=agents[0].env)
     assert "0 HWC withdrawable" in status.stdout, status.stdout
+    # The other miner's operator withdraws from the dashboard: the running agent does it at its next heartbeat.
+    other = Web3.to_checksum_address(json.loads(agents[1].config.read_text())["wallet_address"])
+    stack.manage("chain", "faucet", other, "0.000001", "--eth", "1")
+    operator = _dashboard_login(stack, "operator")
+    page = operator.get(f"{stack.url}/nodes/", timeout=10)
+    assert "Withdraw" in page.text
+    asked = operator.post(
+        f"{stack.url}/nodes/{agents[1].node_id}/withdraw/",
+        data={"csrfmiddlewaretoken": operator.cookies["csrftoken"]},
+        headers={"Referer": f"{stack.url}/nodes/"},
+        timeout=10,
+    )
+    assert asked.status_code == 200
+    assert "will withdraw its credit" in asked.text
+    wait_for(lambda: escrow.credit_of(other) == 0, timeout=60, what="the dashboard's withdrawal")
+    assert token.balance_of(other) == accepted[agents[1].node_id] * PRICE + 10**12
+    assert "Withdrew" in agents[1].log.read_text()
     assert _reconciled(stack)
+
+
+def _dashboard_login(stack: Stack, username: str) -> requests.Session:
+    password = "a-long-Passphrase-9"
+    stack.manage(
+        "shell", "-c",
+        f"from django.contrib.auth import get_user_model as g; u = g().objects.get(username='{username}'); "
+        f"u.set_password('{password}'); u.save()",
+    )  # fmt: skip
+    session = requests.Session()
+    session.get(f"{stack.url}/accounts/login/", timeout=10)
+    reply = session.post(
+        f"{stack.url}/accounts/login/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+        headers={"Referer": f"{stack.url}/accounts/login/"},
+        timeout=10,
+    )
+    assert reply.status_code == 200
+    assert "Log out" in reply.text
+    return session
 
 
 def test_an_under_funded_job_never_dispatches_until_it_is_topped_up(stack: Stack) -> None:

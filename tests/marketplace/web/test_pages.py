@@ -191,3 +191,16 @@ def test_a_message_for_another_site_or_without_a_session_nonce_is_refused(browse
     assert response.status_code == 400
     assert "evil.example" in response.json()["error"]
     assert browser.get("/accounts/siwe/message/?address=nope").status_code == 400
+
+
+def test_a_withdrawal_asked_on_the_dashboard_reaches_the_node_once_by_its_heartbeat(
+    browser: Client, alice: Any
+) -> None:
+    mine = make_node(alice, name="garage-rig")
+    theirs = make_node(UserFactory(username="eve"), name="eves-rig")
+    assert browser.post(f"/nodes/{theirs.node.id}/withdraw/").status_code == 404
+    response = browser.post(f"/nodes/{mine.node.id}/withdraw/")
+    assert response.status_code == 302
+    beats = [mine.client.post("/api/nodes/heartbeat/", {"free_slots": 0}, format="json").json() for _ in range(2)]
+    assert [b["withdraw"] for b in beats] == [True, False]
+    assert theirs.client.post("/api/nodes/heartbeat/", {"free_slots": 0}, format="json").json()["withdraw"] is False
