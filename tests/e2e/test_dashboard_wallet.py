@@ -101,3 +101,44 @@ def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack
     page.get_by_role("button", name="Refund with wallet").click()
     expect(page.locator("#refund-status")).to_contain_text("Refunded (tx 0x", timeout=60_000)
     _shot(page, "refunded-with-wallet")
+
+
+def test_an_operator_sees_the_earnings_and_withdraws_them_from_the_dashboard(stack: Stack, browser: Browser) -> None:
+    import json
+
+    from web3 import Web3
+
+    from contracts.bindings import JobEscrow
+
+    miner = stack.agent("miner")
+    job_id = stack.post_job({"tasks": 3, "matrix_size": 32, "seed": 8}, replication=1, on_chain_extra="0")
+    stack.wait_job(job_id)
+    wallet = Web3.to_checksum_address(json.loads(miner.config.read_text())["wallet_address"])
+    escrow = JobEscrow(stack.w3(), stack.deployment().escrow)
+    wait_for(lambda: escrow.credit_of(wallet) == 3 * 10**18, timeout=60, what="the three payouts to settle")
+    stack.manage("chain", "faucet", wallet, "0.000001", "--eth", "1")  # gas money for the node's own transaction
+    stack.manage(
+        "shell", "-c",
+        "from django.contrib.auth import get_user_model as g; u = g().objects.get(username='operator'); "
+        "u.set_password('op-Passphrase-9'); u.save()",
+    )  # fmt: skip
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(f"{stack.url}/accounts/login/")
+    page.get_by_label("Username").fill("operator")
+    page.get_by_label("Password").fill("op-Passphrase-9")
+    page.get_by_label("Password").press("Enter")  # the keyboard is enough
+    page.get_by_role("link", name="My nodes").click()
+    row = page.locator("tbody").first.locator("tr", has_text="miner")
+    expect(row).to_contain_text("3 HWC")  # settled, and withdrawable on chain
+    _shot(page, "operator-earnings")
+    row.get_by_role("button", name="Withdraw").click()
+    expect(page.get_by_text("will withdraw its credit")).to_be_visible()
+
+    def withdrawn() -> bool:
+        return escrow.credit_of(wallet) == 0
+
+    wait_for(withdrawn, timeout=60, what="the agent to withdraw at its heartbeat")
+    page.reload()
+    expect(page.locator("tbody").first.get_by_role("button", name="Withdraw")).to_have_count(0)
+    _shot(page, "operator-withdrawn")
