@@ -11,15 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from tests.e2e.stack import ROOT, Stack
+from tests.e2e.browser import browser, shot
+from tests.e2e.stack import Stack
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "var" / "screenshots"
+__all__ = ["browser"]  # the fixture, used by name
 
 
 @pytest.fixture
@@ -31,23 +30,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def _shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
 def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earnings(
     stack: Stack, browser: Browser, tmp_path: Path
 ) -> None:
@@ -57,7 +39,7 @@ def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earni
     page.set_default_timeout(20_000)
     page.goto(f"{stack.url}/network/")
     expect(page.locator("#nodes-online")).to_have_text("2")
-    _shot(page, "network")
+    shot(page, "network")
 
     # Sign up, with one mistake first: the error sits next to its field.
     page.get_by_role("link", name="Sign up").first.click()
@@ -70,7 +52,7 @@ def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earni
     page.get_by_label("Password confirmation").fill("a-long-Passphrase-9")
     page.get_by_role("button", name="Sign up").click()
     expect(page.get_by_text("No jobs yet")).to_be_visible()
-    _shot(page, "jobs-empty")
+    shot(page, "jobs-empty")
 
     # Post a small render job; the quote follows the form.
     page.get_by_role("link", name="Post your first render job").click()
@@ -79,14 +61,14 @@ def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earni
     page.get_by_label("Cycles samples").fill("4")
     page.get_by_label("Replication").fill("1")
     expect(page.locator("#quote")).to_contain_text("2 tasks × 1 replica(s)")
-    _shot(page, "post-render")
+    shot(page, "post-render")
     page.get_by_role("button", name="Post the job").click()
     expect(page.get_by_text("Fund this job")).to_be_visible()
     page.get_by_role("button", name="Fund from dev account").click()
     expect(page.locator("#job-progress")).to_have_text("100 %", timeout=240_000)
     expect(page.locator("#job-state")).to_have_text("completed")
     expect(page.locator(".gallery img").first).to_be_visible(timeout=120_000)
-    _shot(page, "render-job")
+    shot(page, "render-job")
     with page.expect_download() as download:
         page.locator("#download").click()
     dataset = tmp_path / "dataset.zip"
@@ -102,12 +84,12 @@ def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earni
     page.get_by_label("Rounds").fill("2")
     page.get_by_label("Local steps").fill("20")
     expect(page.locator("#quote")).to_contain_text("4 tasks × 1 replica(s)")
-    _shot(page, "post-train")
+    shot(page, "post-train")
     page.get_by_role("button", name="Post the job").click()
     page.get_by_role("button", name="Fund from dev account").click()
     expect(page.locator("#job-state")).to_have_text("completed", timeout=240_000)
     expect(page.locator("#curve")).to_be_visible()
-    _shot(page, "train-job")
+    shot(page, "train-job")
     assert re.search(r"model\.safetensors", page.content())
 
     # The node operator (the stack's operator user) sees the two nodes and what they earned.
@@ -128,4 +110,4 @@ def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earni
     # Every accepted replica and update was paid to one of them: the payments table lists them.
     expect(operator.locator("tbody").nth(1).locator("tr")).to_have_count(6)
     expect(operator.locator("#enrol-command")).to_contain_text("nodeagent enroll --marketplace")
-    _shot(operator, "my-nodes")
+    shot(operator, "my-nodes")

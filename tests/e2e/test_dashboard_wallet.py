@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from contracts import devchain
+from tests.e2e.browser import browser, shot
 from tests.e2e.stack import Stack
-from tests.e2e.test_dashboard import CHROMIUM, _shot
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
+__all__ = ["browser"]  # the fixture, used by name
 
 # window.ethereum, forwarding to Anvil; eth_requestAccounts answers with one development account.
 WALLET = """
@@ -45,18 +46,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         running.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack, browser: Browser) -> None:
     wallet = Account.from_key(devchain.dev_keys(4)[3]).address
     stack.manage("chain", "faucet", wallet, "50")
@@ -72,7 +61,7 @@ def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack
     page.get_by_role("link", name="wallet-wendy").click()
     page.get_by_role("button", name="Link a wallet").click()
     expect(page.locator("#wallet-status")).to_contain_text(f"Linked {wallet.lower()}")
-    _shot(page, "profile-wallet")
+    shot(page, "profile-wallet")
 
     page.get_by_role("link", name="Post a job").click()
     page.get_by_label("Images", exact=True).fill("4")
@@ -83,7 +72,7 @@ def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack
     # On a chain, dev funding is off here (HASHWORK_DEV_FUNDING=false) but the chain is local: both buttons show.
     page.get_by_role("button", name="Fund with wallet").click()
     expect(page.locator("#fund-status")).to_contain_text("Funded (tx 0x", timeout=60_000)
-    _shot(page, "funded-with-wallet")
+    shot(page, "funded-with-wallet")
     # The chain reader sees the deposit and the job starts (no agents here: it waits for nodes).
     expect(page.locator("#job-state")).to_have_text("running", timeout=60_000)
 
@@ -100,7 +89,7 @@ def test_a_poster_links_a_wallet_by_signing_and_funds_a_job_from_it(stack: Stack
     expect(page.get_by_text("0.1025 HWC of this job's deposit were not spent")).to_be_visible()
     page.get_by_role("button", name="Refund with wallet").click()
     expect(page.locator("#refund-status")).to_contain_text("Refunded (tx 0x", timeout=60_000)
-    _shot(page, "refunded-with-wallet")
+    shot(page, "refunded-with-wallet")
 
 
 def test_an_operator_sees_the_earnings_and_withdraws_them_from_the_dashboard(stack: Stack, browser: Browser) -> None:
@@ -131,7 +120,7 @@ def test_an_operator_sees_the_earnings_and_withdraws_them_from_the_dashboard(sta
     page.get_by_role("link", name="My nodes").click()
     row = page.locator("tbody").first.locator("tr", has_text="miner")
     expect(row).to_contain_text("3 HWC")  # settled, and withdrawable on chain
-    _shot(page, "operator-earnings")
+    shot(page, "operator-earnings")
     row.get_by_role("button", name="Withdraw").click()
     expect(page.get_by_text("will withdraw its credit")).to_be_visible()
 
@@ -141,4 +130,4 @@ def test_an_operator_sees_the_earnings_and_withdraws_them_from_the_dashboard(sta
     wait_for(withdrawn, timeout=60, what="the agent to withdraw at its heartbeat")
     page.reload()
     expect(page.locator("tbody").first.get_by_role("button", name="Withdraw")).to_have_count(0)
-    _shot(page, "operator-withdrawn")
+    shot(page, "operator-withdrawn")
