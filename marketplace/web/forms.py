@@ -91,11 +91,7 @@ class JobForm(forms.Form):
         except (InvalidOperation, KeyError, TypeError):
             return 0
 
-    def spec(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def tasks(self) -> int:
-        raise NotImplementedError
+    # Each kind's form defines spec() (the job's spec from its fields) and tasks() (how many tasks it makes).
 
     def seconds(self) -> float | None:
         return None
