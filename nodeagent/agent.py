@@ -19,6 +19,7 @@ from nodeagent.client import ApiError, MarketplaceClient
 from nodeagent.config import AgentConfig
 from nodeagent.retry import TransientError
 from nodeagent.worker import paused, running_dir
+from protocol import Heartbeat, Progress, ProtocolError
 
 logger = logging.getLogger("nodeagent")
 
@@ -79,22 +80,23 @@ class Agent:
 
     def heartbeat(self) -> None:
         running = self.running()
-        reply = self.client.heartbeat(
+        beat = Heartbeat(
             capabilities=self.capabilities,
             free_slots=max(0, self.cfg.slots - len(running)),
             accepting=self.accepting(),
             load=os.getloadavg()[0],
             running=list(running),
             progress={
-                assignment_id: {"done": done[0], "total": done[1]}
+                assignment_id: Progress(done=done[0], total=done[1])
                 for assignment_id, item in running.items()
                 if item.workdir is not None and (done := progress.read(item.workdir)) is not None
             },
         )
-        if reply.get("withdraw"):
+        reply = self.client.heartbeat(beat)
+        if reply.withdraw:
             # Asked from the dashboard: withdraw in the background, so heartbeats go on while the chain confirms.
             threading.Thread(target=self._withdraw, name="withdraw", daemon=True).start()
-        for assignment_id in reply.get("revoked", []):
+        for assignment_id in reply.revoked:
             pid = running[assignment_id].pid if assignment_id in running else None
             if pid:
                 # The marketplace cancelled or expired it: stop the runner, nobody will take its result.
@@ -144,6 +146,9 @@ class Agent:
         except (ApiError, TransientError) as exc:
             self.say(f"The marketplace refused this node: {exc}. Check the URL, or enrol again.")
             return 1
+        except ProtocolError as exc:
+            self.say(f"The marketplace's heartbeat reply cannot be read: {exc}. Is the URL a Hashwork marketplace?")
+            return 1
         self.start_worker()
         self.say("Running; Ctrl-C or SIGTERM stops it and hands running work back.")
         code = 0
@@ -155,7 +160,7 @@ class Agent:
                 break
             try:
                 self.heartbeat()
-            except (ApiError, TransientError) as exc:
+            except (ApiError, TransientError, ProtocolError) as exc:
                 logger.warning("heartbeat failed: %s", exc)
         self.shutdown()
         return code

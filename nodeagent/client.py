@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 from nodeagent.retry import TransientError, retry
+from protocol import Heartbeat, HeartbeatReply
 
 
 class ApiError(Exception):
@@ -66,9 +67,9 @@ class MarketplaceClient:
         result: dict[str, Any] = self._call("POST", "/api/nodes/enroll/", json=body)
         return result
 
-    def heartbeat(self, **body: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/api/nodes/heartbeat/", json=body)
-        return result
+    def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:
+        """Report the node alive; the reply says what to stop and whether to withdraw (ProtocolError if unreadable)."""
+        return HeartbeatReply.from_json(self._call("POST", "/api/nodes/heartbeat/", json=beat.to_json()))
 
     def me(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/api/nodes/me/")

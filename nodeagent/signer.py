@@ -5,10 +5,9 @@ from __future__ import annotations
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from protocol import result_message
 
-def result_message(assignment_id: str, sha256: str) -> str:
-    """Must equal marketplace.jobs.signing.result_message (a test keeps them equal)."""
-    return f"Hashwork result\nassignment: {assignment_id}\nsha256: {sha256}"
+__all__ = ["Wallet", "result_message"]
 
 
 class Wallet:

@@ -25,11 +25,11 @@ from nodeagent import config as agent_config
 from nodeagent.client import ApiError, Conflict, MarketplaceClient
 from nodeagent.retry import TransientError
 from nodeagent.signer import Wallet
+from protocol import AssignmentMessage, ProtocolError
 
 logger = logging.getLogger("nodeagent.worker")
 TASK_NAME = "nodeagent.run_assignment"
 MAX_TASKS_PER_CHILD = 50
-DEFAULT_TIME_LIMIT_SECONDS = 3600
 
 _config: agent_config.AgentConfig | None = None
 
@@ -68,13 +68,17 @@ def make_app(cfg: agent_config.AgentConfig) -> Celery:
     return app
 
 
-def run_assignment(message: dict[str, Any]) -> str:
+def run_assignment(message: Any) -> str:
     """Start, run in a child process, sign and upload one assignment. Always acknowledges: the lease, not
     the broker, decides what is retried, so a crashing runner is reported failed, never run again here."""
     assert _config is not None, "the worker was started without a config"
     cfg = _config
     client = MarketplaceClient(cfg.marketplace_url, token=cfg.token)
-    assignment_id = str(message["assignment_id"])
+    try:
+        assignment = AssignmentMessage.from_json(message)
+    except ProtocolError as exc:
+        return _refuse(client, message, exc)
+    assignment_id = assignment.assignment_id
     try:
         if paused(cfg):
             client.release(assignment_id)
@@ -90,7 +94,7 @@ def run_assignment(message: dict[str, Any]) -> str:
     marker = running_dir(cfg) / assignment_id
     workdir = Path(tempfile.mkdtemp(prefix=f"{assignment_id}-", dir=cfg.state / "work"))
     try:
-        outcome = _fetch_inputs(client, message, workdir) or _run_child(cfg, message, workdir, marker)
+        outcome = _fetch_inputs(client, assignment, workdir) or _run_child(cfg, assignment, workdir, marker)
         if outcome is not None:
             with contextlib.suppress(Conflict):
                 client.fail(assignment_id, outcome)
@@ -114,35 +118,52 @@ def run_assignment(message: dict[str, Any]) -> str:
         marker.unlink(missing_ok=True)
 
 
-def _fetch_inputs(client: MarketplaceClient, message: dict[str, Any], workdir: Path) -> str | None:
+def _refuse(client: MarketplaceClient, raw: Any, error: ProtocolError) -> str:
+    """A message this agent cannot read: report the assignment failed with the reason (often: upgrade the agent),
+    so that it is re-leased to a node that can read it at once rather than when its lease expires."""
+    assignment_id = raw.get("assignment_id") if isinstance(raw, dict) else None
+    if not isinstance(assignment_id, str) or not assignment_id:
+        logger.error("an assignment message without an assignment id was dropped: %s", error)
+        return "incompatible"
+    logger.error("assignment %s refused: %s", assignment_id, error)
+    try:
+        client.fail(assignment_id, str(error))
+    except Conflict:
+        logger.info("assignment %s had ended already (cancelled or expired)", assignment_id)
+    except (ApiError, TransientError) as exc:
+        logger.warning("assignment %s: could not report it failed (%s); its lease will expire", assignment_id, exc)
+    return "incompatible"
+
+
+def _fetch_inputs(client: MarketplaceClient, message: AssignmentMessage, workdir: Path) -> str | None:
     """Download the assignment's input files into WORKDIR/inputs/ and check their hashes; None when all are there."""
     inputs = workdir / "inputs"
-    for item in message.get("input_urls") or []:
-        relative = Path(str(item["path"]))
+    for item in message.input_urls:
+        relative = Path(item.path)
         if relative.is_absolute() or ".." in relative.parts:
-            return f"input path {item['path']!r} leaves the working directory"
+            return f"input path {item.path!r} leaves the working directory"
         target = inputs / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            client.download(str(item["url"]), target)
+            client.download(item.url, target)
         except (ApiError, TransientError) as exc:
-            return f"cannot fetch input {item['path']}: {exc}"
-        if hashlib.sha256(target.read_bytes()).hexdigest() != item["sha256"]:
-            return f"input {item['path']} does not match its sha256"
+            return f"cannot fetch input {item.path}: {exc}"
+        if hashlib.sha256(target.read_bytes()).hexdigest() != item.sha256:
+            return f"input {item.path} does not match its sha256"
     return None
 
 
-def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: Path, marker: Path) -> str | None:
+def _run_child(cfg: agent_config.AgentConfig, message: AssignmentMessage, workdir: Path, marker: Path) -> str | None:
     """Run the runner in a forked child until it ends; None on success, else why it failed. Heartbeats keep a
     running lease alive; when the marketplace revokes it (cancelled, expired), the heartbeat loop kills the child."""
     payload_file = workdir / "payload.json"
-    payload_file.write_text(json.dumps(message["payload"]))
+    payload_file.write_text(json.dumps(message.payload))
     log_path = workdir / "runner.log"
     started = time.monotonic()
-    pid = child.fork(message["kind"], payload_file, workdir, log_path)
+    pid = child.fork(message.kind, payload_file, workdir, log_path)
     # The agent's heartbeat reads the marker: the runner's pid (to stop it) and its workdir (for progress).
     marker.write_text(json.dumps({"pid": pid, "workdir": str(workdir)}))
-    limit = float(message.get("time_limit_seconds") or DEFAULT_TIME_LIMIT_SECONDS)
+    limit = float(message.time_limit_seconds)
     timed_out = threading.Event()
 
     def kill() -> None:
@@ -161,12 +182,12 @@ def _run_child(cfg: agent_config.AgentConfig, message: dict[str, Any], workdir: 
         return None
     tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
     if timed_out.is_set():
-        how = f"ran past the {message['kind']} time limit of {limit:.0f}s and was killed"
+        how = f"ran past the {message.kind} time limit of {limit:.0f}s and was killed"
     elif code < 0:
         how = f"was killed by signal {-code}"
     else:
         how = f"exited with code {code}"
-    return f"the {message['kind']} runner {how} after {time.monotonic() - started:.1f}s:\n{tail}"
+    return f"the {message.kind} runner {how} after {time.monotonic() - started:.1f}s:\n{tail}"
 
 
 def main(argv: list[str]) -> None:

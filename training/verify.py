@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -238,3 +241,103 @@ def loss_check(
     return ok, (
         f"held-out loss {before:.4f} → {after:.4f} ({after - before:+.4f} at scale {scale:g}; tolerance +{tolerance:g})"
     )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One well-formed update of a round, as the verdict sees it. `replay` redoes the node's local steps (called
+    only for the updates chosen for a replay); `previous` gives the node's last update before this one (top-k's
+    exact replay test needs it; zeros if none)."""
+
+    key: str
+    delta: dict[str, Tensor]
+    samples: float
+    replay: Callable[[], dict[str, Tensor]]
+    previous: Callable[[], dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    norm_factor: float
+    suspicious_factor: float
+    loss_tolerance: float
+    replay_share: float
+
+
+@dataclass
+class RoundVerdict:
+    accepted: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    norms: dict[str, float] = field(default_factory=dict)
+    reference_norm: float = 0.0
+    replayed: list[str] = field(default_factory=list)
+
+
+def round_verdict(
+    candidates: list[Candidate],
+    *,
+    model: str,
+    num_classes: int,
+    image_size: int,
+    state: dict[str, Tensor],
+    val: CropSet,
+    compression: CompressionSpec,
+    history: list[float],
+    thresholds: Thresholds,
+    round_index: int,
+    chooser: random.Random,
+) -> RoundVerdict:
+    """Judge a round's well-formed updates: (accepted: why, rejected: why) plus the figures behind them.
+
+    The reference norm is the median of this round's update norms when there are three or more (a minority of
+    poisoned ones cannot move it); with fewer, `history` (last round's accepted norms) joins them, since the
+    median of two is their mean and one huge update would drag it up. An update is rejected when its norm exceeds
+    norm_factor × the reference, or when, applied at the weight it would have in the aggregate, it raises the
+    held-out loss by more than the tolerance; a random share of the rest (replay_share), and every update whose
+    norm exceeds suspicious_factor × the reference, is replayed and must match (`replay_check`).
+    """
+    verdict = RoundVerdict()
+    verdict.norms = {c.key: float(update_norm(c.delta)) for c in candidates}
+    pool = list(verdict.norms.values()) if len(verdict.norms) >= 3 else [*verdict.norms.values(), *history]
+    reference = statistics.median(pool) if pool else 0.0
+    verdict.reference_norm = reference
+    total = sum(c.samples for c in candidates)
+    for candidate in sorted(candidates, key=lambda c: c.key):
+        key, norm = candidate.key, verdict.norms[candidate.key]
+        if reference > 0 and norm > thresholds.norm_factor * reference:
+            verdict.rejected[key] = (
+                f"update norm {norm:.4g} exceeds {thresholds.norm_factor:g}× the round's median {reference:.4g}"
+            )
+            continue
+        # Judged at the weight it would have in the aggregate: alone at full weight, an honest update that did
+        # many local steps overfits its shard and raises held-out loss late in training (docs/training.md).
+        ok, why = loss_check(
+            model,
+            num_classes,
+            image_size,
+            state,
+            candidate.delta,
+            val,
+            thresholds.loss_tolerance,
+            scale=candidate.samples / total,
+        )
+        if not ok:
+            verdict.rejected[key] = f"held-out loss check failed: {why}"
+            continue
+        # Honest norms differ a lot between shards, so standing out is a reason to look, not to reject.
+        suspicious = reference > 0 and norm > thresholds.suspicious_factor * reference
+        if suspicious or chooser.random() < thresholds.replay_share:
+            verdict.replayed.append(key)
+            ok, why = replay_check(
+                candidate.delta,
+                candidate.replay(),
+                compression,
+                previous=candidate.previous() if compression.name == "topk" else None,
+            )
+            if not ok:
+                verdict.rejected[key] = f"replay check failed: {why}"
+                continue
+            verdict.accepted[key] = f"accepted in round {round_index}; replayed: {why}"
+        else:
+            verdict.accepted[key] = f"accepted in round {round_index}"
+    return verdict

@@ -6,11 +6,30 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from marketplace.core.exceptions import ApplicationError
+
+
+class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    message = serializers.CharField()
+    extra = serializers.DictField()
+
+
+# The error responses every API documents, by status; `error_responses(401, 404)` picks some for extend_schema.
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input; extra.fields names each bad field."),
+    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong credentials."),
+    404: OpenApiResponse(ErrorSerializer, description="No such object for this caller."),
+    409: OpenApiResponse(ErrorSerializer, description="The object's state does not allow this."),
+}
+
+
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: ERRORS[code] for code in codes}
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:

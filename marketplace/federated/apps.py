@@ -1,4 +1,4 @@
-"""App config for marketplace.federated: the rounds of train jobs."""
+"""App config for marketplace.federated: the rounds of train jobs; registers the train kind."""
 
 from __future__ import annotations
 
@@ -8,3 +8,9 @@ from django.apps import AppConfig
 class FederatedConfig(AppConfig):
     name = "marketplace.federated"
     label = "federated"
+
+    def ready(self) -> None:
+        from marketplace.federated.kind import TrainKind
+        from marketplace.jobs import kinds
+
+        kinds.register(TrainKind())

@@ -6,15 +6,15 @@ from uuid import UUID
 
 from celery import shared_task
 
-from marketplace.core.queues import TaskName
-from marketplace.federated import services
+from marketplace.core.queues import TIME_LIMITS, Queue, TaskName
+from marketplace.federated import rounds
 
 
-@shared_task(name=TaskName.ROUND_CLOSE.value, acks_late=True)
+@shared_task(name=TaskName.ROUND_CLOSE.value, acks_late=True, **TIME_LIMITS[Queue.AGGREGATE])
 def round_close_task(job_id: str, index: int, why: str) -> str:
-    return services.round_close(job_id=UUID(job_id), index=int(index), why=why)
+    return rounds.round_close(job_id=UUID(job_id), index=int(index), why=why)
 
 
-@shared_task(name=TaskName.ROUNDS_DUE.value, acks_late=True)
+@shared_task(name=TaskName.ROUNDS_DUE.value, acks_late=True, **TIME_LIMITS[Queue.SCHEDULER])
 def rounds_due_task() -> int:
-    return services.rounds_due()
+    return rounds.rounds_due()

@@ -15,13 +15,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from marketplace.core.enqueue import schedule_request
 from marketplace.jobs import kinds
+from marketplace.jobs.kinds import SpotCheckedKind
 from marketplace.jobs.models import (
     ASSIGNMENT_ATTEMPT_LOST,
     ASSIGNMENT_LIVE,
     ASSIGNMENT_OPEN,
     ASSIGNMENT_TRANSITIONS,
-    JOB_TRANSITIONS,
+    TASK_TRANSITIONS,
     Assignment,
     AssignmentState,
     Job,
@@ -30,13 +32,15 @@ from marketplace.jobs.models import (
     Task,
     TaskState,
 )
+from marketplace.jobs.transitions import job_transition, task_transition, tasks_transition
 from marketplace.nodes import broker
 from marketplace.nodes.models import Node
 from marketplace.nodes.selectors import nodes_online
 
 logger = logging.getLogger(__name__)
 
-LEASABLE_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING)
+# Leasing moves a task pending → running, or leaves a running one running.
+LEASABLE_TASK_STATES = TASK_TRANSITIONS[TaskState.RUNNING] | {TaskState.RUNNING}
 
 
 def lease_windows(kind_name: str) -> tuple[int, int]:
@@ -131,7 +135,7 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
 def _maybe_spot_check(*, task: Task, job: Job, node: Node) -> None:
     """Adaptive replication: the first replica of a task, on a node with a long run of accepted results, may be
     the only one; it is then spot-checked by the marketplace. New, failing or recently wrong nodes never are."""
-    if kinds.get(job.kind).spot_check is None or job.replication < 2:
+    if not isinstance(kinds.get(job.kind), SpotCheckedKind) or job.replication < 2:
         return
     if node.consecutive_valid < settings.HASHWORK["TRUSTED_AFTER"]:
         return
@@ -144,30 +148,26 @@ def _maybe_spot_check(*, task: Task, job: Job, node: Node) -> None:
 
 
 def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[str, Any]:
-    """The wire format the node agent receives (JSON)."""
-    return {
-        "assignment_id": str(assignment.id),
-        "job_id": str(job.id),
-        "task_index": task.index,
-        "kind": job.kind,
-        "payload": task.payload,
+    """The wire format the node agent receives: protocol.AssignmentMessage as JSON."""
+    from protocol import AssignmentMessage, InputFile
+
+    return AssignmentMessage(
+        assignment_id=str(assignment.id),
+        job_id=str(job.id),
+        task_index=task.index,
+        kind=job.kind,
+        payload=task.payload,
         # Files the runner needs (a render job's glTF assets, a training round's weights and shard), checked by
         # their sha256 after download.
-        "input_urls": _inputs(assignment=assignment, task=task, job=job),
-        "time_limit_seconds": kinds.get(job.kind).time_limit_seconds,
-        "start_by": assignment.start_by.isoformat(),
-        "lease_expires_at": assignment.lease_expires_at.isoformat(),
-    }
+        input_urls=[InputFile.from_json(item) for item in _inputs(assignment=assignment, task=task, job=job)],
+        time_limit_seconds=kinds.get(job.kind).time_limit_seconds,
+        start_by=assignment.start_by,
+        lease_expires_at=assignment.lease_expires_at,
+    ).to_json()
 
 
 def _inputs(*, assignment: Assignment, task: Task, job: Job) -> list[dict[str, Any]]:
-    kind = kinds.get(job.kind)
-    if kind.inputs is not None:
-        return kind.inputs(assignment, task)
-    return [
-        {"path": a.path, "url": f"/api/assignments/{assignment.id}/inputs/{a.id}/", "sha256": a.sha256}
-        for a in job.assets.order_by("path")
-    ]
+    return kinds.get(job.kind).inputs(assignment, task)
 
 
 def _node_order(nodes: list[Node]) -> list[Node]:
@@ -265,25 +265,20 @@ def _attempt_lost(*, task_id: UUID, node_id: UUID, expired: bool, reason: str) -
 
 def task_fail(*, task: Task, reason: str) -> None:
     """A task that cannot be done fails its job: nothing more of the job is leased."""
-    if Task.objects.filter(id=task.id, state__in=LEASABLE_TASK_STATES).update(
-        state=TaskState.FAILED, state_reason=reason, updated_at=timezone.now()
-    ):
+    if task_transition(task_id=task.id, to=TaskState.FAILED, reason=reason):
         logger.warning("task %s of job %s failed: %s", task.index, task.job_id, reason)
         job_reason = f"task {task.index} failed: {reason}"
-        if Job.objects.filter(id=task.job_id, state__in=JOB_TRANSITIONS[JobState.FAILED]).update(
-            state=JobState.FAILED, state_reason=job_reason, finished_at=timezone.now(), updated_at=timezone.now()
-        ):
+        if job_transition(job_id=task.job_id, to=JobState.FAILED, reason=job_reason, strict=False):
             work_stop(job_id=task.job_id, reason="job failed")
 
 
 def work_stop(*, job_id: UUID, reason: str, group: int | None = None) -> None:
     """Cancel a job's unfinished tasks (or one group's: a closed training round) and revoke their open
     assignments: agents get 409 at start, and a heartbeat tells a running one to stop."""
-    now = timezone.now()
     tasks = Task.objects.filter(job_id=job_id)
     if group is not None:
         tasks = tasks.filter(group=group)
-    tasks.filter(state__in=LEASABLE_TASK_STATES).update(state=TaskState.CANCELLED, state_reason=reason, updated_at=now)
+    tasks_transition(tasks=tasks, to=TaskState.CANCELLED, reason=reason)
     for assignment_id in list(
         Assignment.objects.filter(task__in=tasks, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
     ):
@@ -337,3 +332,11 @@ def node_release(*, node: Node, accepting: bool) -> int:
             released += 1
     logger.info("node %s handed back %d assignments (accepting=%s)", node.id, released, accepting)
     return released
+
+
+def node_work_release(node_id: UUID) -> None:
+    """The node_deactivated hook's receiver: a removed or banned node's open work goes back to the pool."""
+    node = Node.objects.filter(id=node_id).first()
+    if node is not None:
+        node_release(node=node, accepting=False)
+        schedule_request()

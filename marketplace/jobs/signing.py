@@ -1,5 +1,5 @@
 """What a node signs for a result: an EIP-191 personal message naming the assignment and the artifact's sha256.
-nodeagent.signer builds the same text (the agent never imports the marketplace; a test keeps them equal)."""
+The text is protocol.result_message, which nodeagent.signer signs too."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from uuid import UUID
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from protocol import result_message as _protocol_result_message
+
 
 def result_message(*, assignment_id: UUID | str, sha256: str) -> str:
-    return f"Hashwork result\nassignment: {assignment_id}\nsha256: {sha256}"
+    return _protocol_result_message(str(assignment_id), sha256)
 
 
 def result_signer(*, assignment_id: UUID | str, sha256: str, signature: str) -> str | None:

@@ -1,34 +1,48 @@
 """Verifying submitted results by replica agreement: accept the majority, reject the odd one out, ask for one
-more replica on another node when there is no majority yet; update reputations; complete tasks and jobs."""
+more replica on another node when there is no majority yet; update reputations; complete tasks and jobs.
+
+The slow part (unpacking artifacts, comparing renders, a spot-check re-render) runs with no lock held and ends
+in a plan; the plan is then applied in one short transaction that first checks that the replicas it judged are
+still the task's replicas, in the same states (otherwise it judges again)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
-from django.utils import timezone
 
+from marketplace.core import hooks
 from marketplace.jobs import kinds
 from marketplace.jobs.dispatch import assignment_end, task_fail
-from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result, Task, TaskState
+from marketplace.jobs.kinds import DrivenKind, ReplicatedKind, SpotCheckedKind
+from marketplace.jobs.models import Assignment, AssignmentState, Result, Task, TaskState
+from marketplace.jobs.services.jobs import job_complete_if_done
+from marketplace.jobs.transitions import task_transition
 from marketplace.nodes.models import Node
-from marketplace.payments.services import payout_create
 
 logger = logging.getLogger(__name__)
 
+# How often a verdict is recomputed when new replicas arrive while it is being made, before leaving the task to
+# the verify run that each of those replicas queued.
+MAX_ROUNDS = 3
+
+__all__ = ["assignment_accept", "assignment_reject", "job_complete_if_done", "task_verify"]
+
 
 def assignment_accept(assignment_id: UUID, node_id: UUID, reason: str = "agrees with the quorum") -> None:
-    """Accept a replica: reputation up, and its payout created in the same transaction."""
-    if assignment_end(assignment_id=assignment_id, to=AssignmentState.ACCEPTED, reason=reason):
-        Node.objects.filter(id=node_id).update(
-            valid_count=F("valid_count") + 1, consecutive_valid=F("consecutive_valid") + 1
-        )
-        # In the same transaction as the acceptance: accepted work always has its payout, nothing else does.
-        payout_create(assignment_id=assignment_id)
+    """Accept a replica: reputation up, and (through the assignment_accepted hook, in the same transaction) its
+    payout: accepted work always has its payout, nothing else does."""
+    with transaction.atomic():
+        if assignment_end(assignment_id=assignment_id, to=AssignmentState.ACCEPTED, reason=reason):
+            Node.objects.filter(id=node_id).update(
+                valid_count=F("valid_count") + 1, consecutive_valid=F("consecutive_valid") + 1
+            )
+            hooks.assignment_accepted.send(assignment_id)
 
 
 def assignment_reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
@@ -38,82 +52,144 @@ def assignment_reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
         logger.warning("assignment %s of node %s rejected: %s", assignment_id, node_id, reason)
 
 
+@dataclass
+class _Plan:
+    """What a verdict does, decided without locks: applied by _apply in one short transaction."""
+
+    accept: list[tuple[str, str]] = field(default_factory=list)
+    reject: list[tuple[str, str]] = field(default_factory=list)
+    complete: bool = False
+    # No majority yet: decide under the lock whether one more replica is leased or the task fails.
+    undecided: bool = False
+    # A trusted node's spot-checked replica failed: back to full replication on other nodes.
+    trust_lost: bool = False
+
+
 def task_verify(*, task_id: UUID) -> str:
     """Decide what can be decided about a task's submitted replicas; returns the task's state afterwards."""
     kind_name = Task.objects.filter(id=task_id).values_list("job__kind", flat=True).first()
-    if kind_name is not None and kinds.get(kind_name).verify is not None:
-        verify = kinds.get(kind_name).verify
-        assert verify is not None
-        return verify(task_id)
-    with transaction.atomic():
-        task = Task.objects.select_for_update().select_related("job").filter(id=task_id).first()
+    if kind_name is None:
+        logger.warning("task %s vanished before verification", task_id)
+        return "missing"
+    kind = kinds.get(kind_name)
+    if isinstance(kind, DrivenKind):
+        return kind.verify(task_id)
+    if not isinstance(kind, ReplicatedKind):
+        raise TypeError(f"the {kind.name} kind is neither replicated nor driven")
+    state = "missing"
+    for _ in range(MAX_ROUNDS):
+        task = Task.objects.select_related("job").filter(id=task_id).first()
         if task is None:
             logger.warning("task %s vanished before verification", task_id)
             return "missing"
-        kind = kinds.get(task.job.kind)
+        state = task.state
         results = list(
             Result.objects.filter(
                 assignment__task_id=task.id,
                 assignment__state__in=[AssignmentState.SUBMITTED, AssignmentState.ACCEPTED],
             ).select_related("assignment")
         )
-        values: dict[str, Any] = {}
-        for result in results:
-            try:
-                values[str(result.assignment_id)] = kind.result_value(result)
-            except ValueError as exc:
-                assignment_reject(result.assignment_id, result.assignment.node_id, f"malformed result: {exc}")
+        seen = {(r.assignment_id, r.assignment.state) for r in results}
         nodes = {str(r.assignment_id): r.assignment.node_id for r in results}
-        states = {str(r.assignment_id): r.assignment.state for r in results}
-        quorum = min(2, task.job.replication)
+        plan = _judge(task=task, kind=kind, results=results)
+        with transaction.atomic():
+            locked = Task.objects.select_for_update().filter(id=task.id).values_list("state", flat=True).first()
+            now = set(
+                Assignment.objects.filter(
+                    task_id=task.id, state__in=[AssignmentState.SUBMITTED, AssignmentState.ACCEPTED]
+                ).values_list("id", "state")
+            )
+            if locked != task.state or now != seen:
+                continue  # replicas arrived or moved while we judged: judge again with them
+            return _apply(task=task, plan=plan, nodes=nodes, replicas=len(results))
+    return state
 
-        if task.state == TaskState.COMPLETED:
-            # A late replica: it must agree with what was accepted.
-            accepted = [values[a] for a in values if states[a] == AssignmentState.ACCEPTED]
-            for a, value in values.items():
-                if states[a] == AssignmentState.SUBMITTED:
-                    if any(kind.agree(good, value) for good in accepted):
-                        assignment_accept(UUID(a), nodes[a])
-                    else:
-                        assignment_reject(
-                            UUID(a), nodes[a], _why(kind, "differs from the accepted result", accepted, value)
-                        )
-            return task.state
-        if task.state != TaskState.RUNNING:
-            return task.state
 
-        if task.spot_check and kind.spot_check is not None and values:
-            return _spot_checked(task=task, kind=kind, values=values, nodes=nodes)
-        verdict = kinds.decide(values, quorum=quorum, agree=kind.agree)
-        if not verdict.needs_another_replica:
-            for a in verdict.accepted:
-                assignment_accept(UUID(a), nodes[a])
-            winners = [values[a] for a in sorted(verdict.accepted)]
-            for a in verdict.rejected:
-                assignment_reject(
-                    UUID(a), nodes[a], _why(kind, "differs from the majority of replicas", winners, values[a])
-                )
-            Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
-            transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
-            return TaskState.COMPLETED
+def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _Plan:
+    """The verdict on a task's replicas, as a plan; slow work (unpacking, comparing, re-rendering) happens here."""
+    plan = _Plan()
+    values: dict[str, Any] = {}
+    states: dict[str, str] = {}
+    for result in results:
+        aid = str(result.assignment_id)
+        try:
+            values[aid] = kind.result_value(result)
+            states[aid] = result.assignment.state
+        except ValueError as exc:
+            plan.reject.append((aid, f"malformed result: {exc}"))
+    if task.state == TaskState.COMPLETED:
+        # Late replicas: each must agree with what was accepted.
+        accepted = [values[a] for a in sorted(values) if states[a] == AssignmentState.ACCEPTED]
+        for a, value in sorted(values.items()):
+            if states[a] != AssignmentState.SUBMITTED:
+                continue
+            if any(kind.agree(good, value) for good in accepted):
+                plan.accept.append((a, "agrees with the quorum"))
+            else:
+                plan.reject.append((a, _why(kind, "differs from the accepted result", accepted, value)))
+        return plan
+    if task.state != TaskState.RUNNING:
+        return plan
+    if task.spot_check and isinstance(kind, SpotCheckedKind) and values:
+        # The task's one replica (a trusted node's) against the marketplace's own re-render of a random image.
+        assignment_id, value = next(iter(values.items()))
+        ok, reason = kind.spot_check(task, value)
+        if ok:
+            plan.accept.append((assignment_id, "agrees with the quorum"))
+            plan.complete = True
+        else:
+            plan.reject.append((assignment_id, f"spot check failed: {reason}"))
+            plan.trust_lost = True
+        return plan
+    verdict = kinds.decide(values, quorum=_quorum(task), agree=kind.agree)
+    if verdict.needs_another_replica:
+        plan.undecided = True
+        return plan
+    plan.accept.extend((a, "agrees with the quorum") for a in sorted(verdict.accepted))
+    winners = [values[a] for a in sorted(verdict.accepted)]
+    for a in sorted(verdict.rejected):
+        plan.reject.append((a, _why(kind, "differs from the majority of replicas", winners, values[a])))
+    plan.complete = True
+    return plan
 
+
+def _quorum(task: Task) -> int:
+    return min(2, task.job.replication)
+
+
+def _apply(*, task: Task, plan: _Plan, nodes: dict[str, UUID], replicas: int) -> str:
+    """Apply a plan inside the caller's transaction (the task row is locked); returns the task's state."""
+    for a, why in plan.accept:
+        assignment_accept(UUID(a), nodes[a], why)
+    for a, why in plan.reject:
+        assignment_reject(UUID(a), nodes[a], why)
+    if plan.complete:
+        if task_transition(task_id=task.id, to=TaskState.COMPLETED):
+            job_id = task.job_id
+            transaction.on_commit(lambda: job_complete_if_done(job_id=job_id))
+        return TaskState.COMPLETED
+    if plan.trust_lost:
+        Task.objects.filter(id=task.id).update(replicas_wanted=task.job.replication, spot_check=False)
+        return task.state
+    if plan.undecided:
+        valid = replicas - sum(1 for _ in plan.reject)
         open_replicas = Assignment.objects.filter(
             task_id=task.id, state__in=[AssignmentState.LEASED, AssignmentState.RUNNING]
         ).exists()
-        if not open_replicas and len(values) >= task.replicas_wanted:
+        if not open_replicas and valid >= task.replicas_wanted:
             limit = task.job.replication + settings.HASHWORK["MAX_EXTRA_REPLICAS"]
             if task.replicas_wanted >= limit:
-                task_fail(task=task, reason=f"{len(values)} replicas never reached a quorum of {quorum}")
+                task_fail(task=task, reason=f"{valid} replicas never reached a quorum of {_quorum(task)}")
                 return TaskState.FAILED
             # No majority yet: one more replica, on another node, decides.
             Task.objects.filter(id=task.id).update(replicas_wanted=F("replicas_wanted") + 1)
             logger.info("task %s of job %s: replicas disagree, leasing one more", task.index, task.job_id)
-        return task.state
+    return task.state
 
 
-def _why(kind: Any, summary: str, accepted: list[Any], value: Any) -> str:
+def _why(kind: ReplicatedKind[Any], summary: str, accepted: list[Any], value: Any) -> str:
     """The rejection reason: the summary, and what the kind can say about how `value` differs."""
-    if kind.explain is None or not accepted:
+    if not accepted:
         return summary
     try:
         detail = kind.explain(accepted[0], value)
@@ -121,42 +197,3 @@ def _why(kind: Any, summary: str, accepted: list[Any], value: Any) -> str:
         logger.exception("could not explain a rejected %s replica", kind.name)
         return summary
     return f"{summary}: {detail}" if detail else summary
-
-
-def _spot_checked(*, task: Task, kind: Any, values: dict[str, Any], nodes: dict[str, Any]) -> str:
-    """The task's one replica (a trusted node's) against the marketplace's own re-render of a random image."""
-    assert kind.spot_check is not None
-    assignment_id, value = next(iter(values.items()))
-    ok, reason = kind.spot_check(task, value)
-    if ok:
-        assignment_accept(UUID(assignment_id), nodes[assignment_id])
-        Task.objects.filter(id=task.id).update(state=TaskState.COMPLETED, updated_at=timezone.now())
-        transaction.on_commit(lambda: job_complete_if_done(job_id=task.job_id))
-        return TaskState.COMPLETED
-    assignment_reject(UUID(assignment_id), nodes[assignment_id], f"spot check failed: {reason}")
-    # Trust is gone: back to full replication on other nodes.
-    Task.objects.filter(id=task.id).update(replicas_wanted=task.job.replication, spot_check=False)
-    return task.state
-
-
-def job_complete_if_done(*, job_id: UUID) -> bool:
-    """A running job whose every task is completed is completed (kinds that run in rounds complete themselves)."""
-    kind_name = Job.objects.filter(id=job_id).values_list("kind", flat=True).first()
-    if kind_name is None or kinds.get(kind_name).self_completing:
-        return False
-    if Task.objects.filter(job_id=job_id).exclude(state=TaskState.COMPLETED).exists():
-        return False
-    done = Job.objects.filter(id=job_id, state=JobState.RUNNING).update(
-        state=JobState.COMPLETED,
-        state_reason="every task verified",
-        finished_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
-    if done:
-        logger.info("job %s completed", job_id)
-        kind = kinds.get(Job.objects.values_list("kind", flat=True).get(id=job_id))
-        if kind.on_complete:
-            from marketplace.celery import app
-
-            transaction.on_commit(lambda: app.send_task(kind.on_complete, args=[str(job_id)]))
-    return bool(done)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.api.errors import ERRORS
 from marketplace.api.pagination import Pagination
+from marketplace.core.enqueue import schedule_request
 from marketplace.jobs import dispatch
-from marketplace.jobs.apis import ERRORS
 from marketplace.jobs.models import Assignment
-from marketplace.jobs.services import schedule_request
+from marketplace.jobs.services import node_heartbeat
 from marketplace.nodes import services
 from marketplace.nodes.authentication import NodeApiView
 from marketplace.nodes.models import Node
@@ -135,7 +135,7 @@ class NodeHeartbeatApi(NodeApiView):
     def post(self, request: Request) -> Response:
         data = NodeHeartbeatInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        beat = services.node_heartbeat(
+        beat = node_heartbeat(
             node=request.auth,
             capabilities=data.validated_data.get("capabilities"),
             free_slots=data.validated_data["free_slots"],
@@ -167,7 +167,7 @@ class NodeReleaseApi(NodeApiView):
         data = NodeReleaseInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         released = dispatch.node_release(node=request.auth, accepting=data.validated_data["accepting"])
-        transaction.on_commit(schedule_request)
+        schedule_request()
         return Response({"released": released})
 
 

@@ -11,18 +11,18 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 from uuid import UUID
 
-import redis
 from django.conf import settings
 from kombu import Connection
 
 from marketplace.celery import app
+from marketplace.core.redis_admin import admin_client
 
 logger = logging.getLogger(__name__)
 
 AGENT_TASK = "nodeagent.run_assignment"
+__all__ = ["admin_client", "assignment_publish", "broker_user_create", "broker_user_delete", "node_prefix"]
 _lock = threading.Lock()
 _connections: dict[tuple[int, str], Connection] = {}
-_admin: dict[int, redis.Redis] = {}
 
 
 def node_prefix(node_id: UUID) -> str:
@@ -36,15 +36,6 @@ def node_queue(node_id: UUID) -> str:
 
 def node_username(node_id: UUID) -> str:
     return f"{settings.REDIS_PREFIX.rstrip(':')}.node.{node_id.hex}"
-
-
-def admin_client() -> redis.Redis:
-    """The marketplace's own (admin) connection; one per process, created after any fork."""
-    pid = os.getpid()
-    with _lock:
-        if pid not in _admin:
-            _admin[pid] = redis.Redis.from_url(settings.REDIS_URL)
-        return _admin[pid]
 
 
 def _node_url(username: str, password: str) -> str:

@@ -9,8 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.api.errors import ERRORS
 from marketplace.api.fields import TokenAmountField
-from marketplace.jobs.apis import ERRORS
 from marketplace.nodes.authentication import NodeApiView
 from marketplace.payments import selectors
 from marketplace.payments.models import Payout

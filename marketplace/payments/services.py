@@ -22,7 +22,9 @@ from web3 import Web3
 
 from contracts.bindings import JobEscrow, job_key
 from contracts.bindings import Payout as ChainPayout
+from marketplace.core.exceptions import Conflict
 from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job, JobState
+from marketplace.jobs.services import job_mark_funded
 from marketplace.payments.models import ChainCursor, Deposit, EntryKind, LedgerEntry, Payout, PayoutState
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,11 @@ def payout_create(*, assignment_id: UUID) -> Payout | None:
             )
     except IntegrityError:
         return Payout.objects.filter(assignment_id=assignment_id).first()
+
+
+def payout_on_accept(assignment_id: UUID) -> None:
+    """The assignment_accepted hook's receiver: runs inside the accepting transaction."""
+    payout_create(assignment_id=assignment_id)
 
 
 def _ledger(*, kind: str, job_id: UUID, account: str, amount: int, key: str, tx_hash: str = "") -> None:
@@ -240,9 +247,6 @@ def chain_sync(*, w3: Web3, escrow: JobEscrow, chain_id: int, start_block: int) 
     for job in Job.objects.filter(state=JobState.DRAFT, deposits__isnull=False).distinct():
         on_chain = escrow.job_of(job.id)
         if on_chain.remaining >= funding_required(job=job, fee_bps=fee_bps):
-            from marketplace.core.exceptions import Conflict
-            from marketplace.jobs.services import job_mark_funded
-
             try:
                 job_mark_funded(job_id=job.id, reason=f"escrow holds {on_chain.remaining} base units")
             except Conflict as exc:

@@ -9,7 +9,7 @@ from celery import shared_task
 from web3.exceptions import Web3Exception
 
 from contracts.errors import TransactionTimeout
-from marketplace.core.queues import TaskName
+from marketplace.core.queues import TIME_LIMITS, Queue, TaskName
 from marketplace.payments import chain, services
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ CHAIN_UNAVAILABLE = (
 )
 
 
-@shared_task(name=TaskName.CHAIN_SYNC.value, acks_late=True)
+@shared_task(name=TaskName.CHAIN_SYNC.value, acks_late=True, **TIME_LIMITS[Queue.CHAIN])
 def chain_sync_task() -> int:
     try:
         w3 = chain.web3()
@@ -46,6 +46,7 @@ def chain_sync_task() -> int:
 @shared_task(
     name=TaskName.SETTLE.value,
     acks_late=True,
+    **TIME_LIMITS[Queue.SETTLEMENT],
     autoretry_for=CHAIN_UNAVAILABLE,
     retry_backoff=2,
     retry_backoff_max=60,

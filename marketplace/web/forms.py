@@ -5,30 +5,16 @@ from __future__ import annotations
 
 import math
 import statistics
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 
-from marketplace.jobs.models import Job, JobState, Result
-
-TOKEN = 10**18
-FEE_BPS = 250
-
-# Product kinds a poster picks from; each brings its usual size range and palette.
-PRODUCTS: dict[str, dict[str, Any]] = {
-    "cereal": {"kind": "carton", "size_m": {"width": [0.15, 0.25], "height": [0.2, 0.3], "depth": [0.05, 0.08]},
-               "palette": ["#d62828", "#f7f7f7", "#003049"]},
-    "water": {"kind": "bottle", "size_m": {"width": [0.06, 0.09], "height": [0.2, 0.3]},
-              "palette": ["#0077b6", "#ffffff"]},
-    "soda": {"kind": "can", "size_m": {"width": [0.06, 0.07], "height": [0.11, 0.13]},
-             "palette": ["#e63946", "#ffffff"]},
-    "jam": {"kind": "jar", "size_m": {"width": [0.07, 0.09], "height": [0.09, 0.12]},
-            "palette": ["#6a040f", "#ffba08"]},
-    "chips": {"kind": "pouch", "size_m": {"width": [0.12, 0.18], "height": [0.18, 0.25], "depth": [0.03, 0.05]},
-              "palette": ["#ffb703", "#023047"]},
-}  # fmt: skip
+from marketplace.core.money import tokens_format, tokens_parse
+from marketplace.core.samples import PRODUCTS, catalog
+from marketplace.jobs.models import Job
+from marketplace.web import selectors
 
 # Form field for each spec path the jobs service may name in an error.
 SPEC_FIELDS = {
@@ -57,11 +43,6 @@ def field_for(path: str, form: forms.Form) -> str | None:
     return None
 
 
-def _tokens(base_units: int) -> str:
-    whole, fraction = divmod(int(base_units), TOKEN)
-    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")
-
-
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"about {max(1, round(seconds))} s"
@@ -87,8 +68,8 @@ class JobForm(forms.Form):
 
     def price_base_units(self) -> int:
         try:
-            return int(Decimal(self.cleaned_data["price"]) * TOKEN)
-        except (InvalidOperation, KeyError, TypeError):
+            return tokens_parse(self.cleaned_data["price"])
+        except (KeyError, ValueError):
             return 0
 
     # Each kind's form defines spec() (the job's spec from its fields) and tasks() (how many tasks it makes).
@@ -97,14 +78,19 @@ class JobForm(forms.Form):
         return None
 
     def quote_text(self) -> str:
+        """price × tasks × replication plus the escrow's fee on it (as the job page's funding amount), and the
+        estimated duration. With no chain to ask for the fee, the default rate, and the quote says so."""
         if not self.is_bound or not self.is_valid():
             return "Fill in the form to see the quote."
         replication = int(self.cleaned_data.get("replication") or 1)
         base = self.price_base_units() * self.tasks() * replication
-        fee = base * FEE_BPS // 10_000
+        fee = selectors.escrow_fee()
+        rate = f"{fee.bps / 100:g} % fee"
+        if not fee.read:
+            rate += " (the default rate: no chain answered with the escrow's)"
         text = (
-            f"{self.tasks()} tasks × {replication} replica(s) × {_tokens(self.price_base_units())} HWC = "
-            f"{_tokens(base)} HWC + {FEE_BPS / 100:g} % fee = {_tokens(base + fee)} HWC"
+            f"{self.tasks()} tasks × {replication} replica(s) × {tokens_format(self.price_base_units())} HWC = "
+            f"{tokens_format(base)} HWC + {rate} = {tokens_format(base + base * fee.bps // 10_000)} HWC"
         )
         seconds = self.seconds()
         if seconds is not None:
@@ -135,7 +121,7 @@ class RenderJobForm(JobForm):
         if data["scene"] == "shelf":
             scene["shelf"] = {"rows": [2, 3], "width_m": 0.9}
         return {
-            "catalog": [{"category": name, **PRODUCTS[name]} for name in data["products"]],
+            "catalog": catalog(data["products"]),
             "scene": scene,
             "output": {"resolution": [data["resolution"], data["resolution"]], "samples": data["samples"]},
             "seed": data["seed"],
@@ -147,23 +133,14 @@ class RenderJobForm(JobForm):
         return math.ceil(self.cleaned_data["images"] / self.cleaned_data["chunk_size"])
 
     def seconds(self) -> float | None:
-        """From recent accepted render results: seconds per image per megapixel-sample, scaled to this spec."""
-        from marketplace.nodes.selectors import nodes_online
-
-        rates = []
-        for result in Result.objects.filter(
-            assignment__task__job__kind="render", assignment__state="accepted"
-        ).order_by("-created_at")[:30]:
-            metrics, spec = result.metrics or {}, result.assignment.task.payload.get("spec") or {}
-            width, height = (spec.get("output") or {}).get("resolution") or [0, 0]
-            work = (metrics.get("images") or 0) * width * height * ((spec.get("output") or {}).get("samples") or 0)
-            if metrics.get("seconds") and work:
-                rates.append(float(metrics["seconds"]) / work)
+        """From recent accepted render results: seconds per image per pixel-sample, scaled to this spec and spread
+        over the nodes online."""
+        rates = selectors.render_seconds_per_work()
         if not rates:
             return None
         data = self.cleaned_data
         work = data["images"] * data["resolution"] ** 2 * data["samples"] * int(data["replication"])
-        nodes = max(1, len(list(nodes_online())))
+        nodes = max(1, selectors.nodes_online_count())
         return statistics.median(rates) * work / nodes
 
 
@@ -196,9 +173,7 @@ class TrainJobForm(JobForm):
         if user is not None:
             field = self.fields["dataset"]
             assert isinstance(field, forms.ModelChoiceField)
-            field.queryset = Job.objects.filter(poster=user, kind="render", state=JobState.COMPLETED).order_by(
-                "-finished_at"
-            )
+            field.queryset = selectors.render_datasets_of(poster=user)
             field.label_from_instance = (
                 lambda job: (  # type: ignore[method-assign]
                     f"{str(job.id)[:8]} · {job.spec.get('images')} images · finished {job.finished_at:%Y-%m-%d %H:%M}"
@@ -222,13 +197,7 @@ class TrainJobForm(JobForm):
         return int(self.cleaned_data["rounds"]) * int(self.cleaned_data["participants"])
 
     def seconds(self) -> float | None:
-        from marketplace.federated.models import RoundState, TrainRound
-
-        walls = [
-            float(r.metrics["wall_seconds"])
-            for r in TrainRound.objects.filter(state=RoundState.CLOSED).order_by("-closed_at")[:20]
-            if r.metrics.get("wall_seconds")
-        ]
+        walls = selectors.train_round_seconds()
         return statistics.median(walls) * int(self.cleaned_data["rounds"]) if walls else None
 
 

@@ -1,5 +1,6 @@
-"""Runners by job kind: each takes an assignment payload and a private working directory and returns the
-result's metrics; a runner may write its artifact to WORKDIR/artifact (otherwise the metrics are the artifact)."""
+"""Runners by job kind: each takes an assignment payload (JSON, read with its protocol payload class) and a
+private working directory and returns the result's metrics; a runner may write its artifact to WORKDIR/artifact
+(otherwise the metrics are the artifact)."""
 
 from __future__ import annotations
 

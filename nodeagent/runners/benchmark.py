@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from protocol import BenchmarkPayload
+
 # Entries are small integers, so every product and partial sum is an integer far below 2**53: float64
 # holds them exactly and the result does not depend on the BLAS, the thread count or the summation order.
 _ENTRY_BOUND = 8
@@ -24,9 +26,10 @@ def matrices(matrix_size: int, seed: int, index: int) -> tuple[np.ndarray[Any, A
 
 
 def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
-    """Run one benchmark task; `payload` is {"matrix_size", "seed", "index"}. The metrics are the artifact."""
-    n = int(payload["matrix_size"])
-    a, b = matrices(n, int(payload["seed"]), int(payload["index"]))
+    """Run one benchmark task (a protocol.BenchmarkPayload as JSON). The metrics are the artifact."""
+    task = BenchmarkPayload.from_json(payload)
+    n = task.matrix_size
+    a, b = matrices(n, task.seed, task.index)
     started = time.perf_counter()
     product = a @ b
     elapsed = max(time.perf_counter() - started, 1e-9)

@@ -8,22 +8,24 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent import progress
+from protocol import RenderPayload
 
 
 def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
-    """Render images [start, start + count) of payload["spec"]; the artifact is a zip of the chunk folder."""
+    """Render images [start, start + count) of a protocol.RenderPayload's spec; the artifact is a zip of the chunk."""
     from synthetic import render_chunk
 
     assert workdir is not None, "the render runner needs a working directory"
+    task = RenderPayload.from_json(payload)
     chunk = workdir / "chunk"
     started = time.perf_counter()
     # synthetic runs Blender in a child process of its own: a crash there is a RenderError here.
     # The worker fetched the job's assets (glTF models) into WORKDIR/inputs before starting us.
-    count = int(payload["count"])
+    count = task.count
     progress.report(workdir, 0, count)
     render_chunk(
-        payload["spec"],
-        int(payload["start"]),
+        task.spec,
+        task.start,
         count,
         chunk,
         asset_dir=workdir / "inputs",
@@ -34,4 +36,4 @@ def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
         for path in sorted(chunk.rglob("*")):
             if path.is_file():
                 archive.write(path, path.relative_to(chunk).as_posix())
-    return {"images": int(payload["count"]), "start": int(payload["start"]), "seconds": round(seconds, 3)}
+    return {"images": task.count, "start": task.start, "seconds": round(seconds, 3)}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeagent import progress
+from protocol import TrainPayload
 
 
 def residual_path(workdir: Path, job_id: str) -> Path:
@@ -21,7 +22,7 @@ def residual_path(workdir: Path, job_id: str) -> Path:
 
 
 def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
-    """Train payload["local_steps"] steps from the round's weights on the shard; write the compressed update."""
+    """Train a protocol.TrainPayload's local steps from the round's weights on the shard; write the update."""
     from safetensors.torch import load_file, save_file
 
     from training.compress import CompressionSpec, compress
@@ -30,34 +31,30 @@ def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
     from training.weights import state_from_bytes
 
     assert workdir is not None, "the train runner needs a working directory"
+    task = TrainPayload.from_json(payload)
     inputs = workdir / "inputs"
     state = state_from_bytes((inputs / "global.safetensors").read_bytes())
     shard = load_set(inputs / "shard.safetensors")
-    steps = int(payload["local_steps"])
-    hyper = payload.get("hyper") or {}
+    steps = task.local_steps
     device = pick_device()
     progress.report(workdir, 0, steps)
     started = time.perf_counter()
     result = train_local(
-        str(payload["model"]),
-        int(payload["num_classes"]),
-        int(payload["image_size"]),
+        task.model,
+        task.num_classes,
+        task.image_size,
         state,
         shard,
-        HyperParams(
-            batch_size=int(hyper.get("batch_size", 32)),
-            optimizer=hyper.get("optimizer", "sgd"),
-            lr=float(hyper.get("lr", 0.05)),
-        ),
+        HyperParams(batch_size=task.hyper.batch_size, optimizer=task.hyper.optimizer, lr=task.hyper.lr),
         steps,
-        int(payload["seed"]),
+        task.seed,
         device=device,
         progress=lambda done, total: progress.report(workdir, done, total),
     )
-    spec = CompressionSpec(**(payload.get("compression") or {}))
-    keeper = residual_path(workdir, str(payload["job_id"]))
+    spec = CompressionSpec(**task.compression)
+    keeper = residual_path(workdir, task.job_id)
     residual = load_file(str(keeper)) if keeper.exists() else None
-    update, new_residual = compress(result.delta, spec, residual, seed=int(payload["seed"]))
+    update, new_residual = compress(result.delta, spec, residual, seed=task.seed)
     (workdir / "artifact").write_bytes(update)
     if new_residual is not None:
         keeper.parent.mkdir(parents=True, exist_ok=True)
@@ -66,8 +63,8 @@ def run(payload: dict[str, Any], workdir: Path | None = None) -> dict[str, Any]:
         tmp.replace(keeper)
     return {
         **{k: round(float(v), 6) for k, v in result.metrics.items()},
-        "round": int(payload["round"]),
-        "participant": int(payload["participant"]),
+        "round": task.round,
+        "participant": task.participant,
         "device": device,
         "bytes": len(update),
         "seconds": round(time.perf_counter() - started, 3),

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,18 +21,13 @@ from web3 import Web3
 
 from contracts import devchain
 from contracts.connection import connect
-from contracts.deploy import Deployment, deploy, load_deployment
-from contracts.sender import Sender
-from marketplace.core.processes import Supervisor, die_with_parent
+from contracts.deploy import Deployment, load_deployment
+from marketplace.core.localstack import ROOT, LocalStack, PosterClient
+from marketplace.core.ports import free_port
+from marketplace.core.processes import die_with_parent
 from tests.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["ROOT", "Agent", "Stack"]
 
 
 class Agent:
@@ -48,12 +42,9 @@ class Agent:
         self.log = stack.var_dir / "logs" / f"agent-{name}.log"
 
     def enroll(self, operator_token: str, slots: int = 1) -> None:
-        done = self.stack.nodeagent(
-            self.name,
-            "enroll", "--marketplace", self.stack.url, "--token", operator_token, "--name", self.name,
-            "--slots", str(slots), env=self.env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+        self.stack.local.agent_enroll(
+            self.config, base_url=self.stack.url, token=operator_token, name=self.name, slots=slots, env=self.env
+        )
         conf = json.loads(self.config.read_text())
         self.node_id: str = conf["node_id"]
         self.api = requests.Session()
@@ -63,7 +54,7 @@ class Agent:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         # Its own session, so a test can kill the agent with everything it started, as a crash would.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent", "--config", str(self.config), "run", "--heartbeat-seconds", "1"],
+            LocalStack.agent_argv(self.config, heartbeat_seconds=1),
             cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
@@ -92,11 +83,13 @@ class Agent:
 
 
 class Stack:
+    """The shared local launcher (`marketplace.core.localstack`) on a database and Redis prefix of its own, with
+    short leases, and the test's view of it: a poster's session, agents, jobs."""
+
     def __init__(self, var_dir: Path, *, chain: bool = False, settlement: bool = True, **settings_env: str) -> None:
         self.var_dir = var_dir
         self.with_chain = chain
         self.with_settlement = settlement
-        self.anvil: devchain.DevChain | None = None
         self.tag = uuid.uuid4().hex[:10]
         self.prefix = f"e2e-{self.tag}:"
         self.database: str | None = None
@@ -107,22 +100,24 @@ class Stack:
             database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{self.database}"
         else:
             database_url = f"sqlite:///{var_dir / 'e2e.sqlite3'}"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "HASHWORK_VAR_DIR": str(var_dir),
-            "DATABASE_URL": database_url,
-            "REDIS_URL": settings.REDIS_URL,
-            "HASHWORK_REDIS_PREFIX": self.prefix,
-            "HASHWORK_DEV_FUNDING": "true",
-            "NODE_ONLINE_SECONDS": "4",
-            "HASHWORK_LEASE_SECONDS": "8",
-            "HASHWORK_START_WINDOW_SECONDS": "8",
-            "PYTHONUNBUFFERED": "1",
-            **settings_env,
-        }
-        self.supervisor = Supervisor(var_dir / "logs")
+        self.local = LocalStack(
+            var_dir,
+            {
+                "DATABASE_URL": database_url,
+                "REDIS_URL": settings.REDIS_URL,
+                "HASHWORK_REDIS_PREFIX": self.prefix,
+                "HASHWORK_DEV_FUNDING": "true",
+                "NODE_ONLINE_SECONDS": "4",
+                "HASHWORK_LEASE_SECONDS": "8",
+                "HASHWORK_START_WINDOW_SECONDS": "8",
+                **settings_env,
+            },
+        )
+        # The launcher's own dict and supervisor: what a test changes in `env` reaches the next process started.
+        self.env = self.local.env
+        self.supervisor = self.local.supervisor
         self.agents: list[Agent] = []
 
     def _pg_admin(self, sql: str) -> None:
@@ -141,83 +136,39 @@ class Stack:
 
     def nodeagent(self, agent: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         """Run `nodeagent --config <agent's config> ARGS…`."""
-        config = self.var_dir / "agents" / f"{agent}.json"
-        return subprocess.run(
-            [sys.executable, "-m", "nodeagent", "--config", str(config), *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        return self.local.nodeagent(self.var_dir / "agents" / f"{agent}.json", *args, env=env)
+
+    @property
+    def anvil(self) -> devchain.DevChain | None:
+        return self.local.chain
 
     def chain_start(self, port: int | None = None) -> None:
         """The stack's own Anvil, its state kept under the stack's var dir (so a restart keeps the chain)."""
-        self.anvil = devchain.start(
-            port=port,
-            state_file=self.var_dir / "chain" / "anvil-state.json",
-            log_file=self.var_dir / "logs" / "anvil.log",
-        )
-        self.env["ETH_RPC_URL"] = self.anvil.url
+        self.local.chain_start(port)
 
     def chain_stop(self) -> int:
-        assert self.anvil is not None
-        port = self.anvil.port
-        self.anvil.stop()
-        return port
+        return self.local.chain_stop()
 
     def w3(self) -> Web3:
         return connect(self.env["ETH_RPC_URL"])
 
     def deployment(self) -> Deployment:
-        return load_deployment(self.var_dir / "chain" / "deployments.json", devchain.ANVIL_CHAIN_ID)
+        return load_deployment(self.local.deployments_file, devchain.ANVIL_CHAIN_ID)
 
     def start_settlement(self) -> None:
-        self.supervisor.start(
-            "settlement",
-            [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "--concurrency", "1",
-             "--loglevel", "INFO", "--queues", "mp.settlement", "--hostname", f"settle-{uuid.uuid4().hex[:6]}@%h"],
-            self.env,
-        )  # fmt: skip
+        self.local.start_settlement()
 
     def start(self) -> Stack:
         if self.with_chain:
-            self.chain_start()
-            w3 = self.w3()
-            keys = devchain.dev_keys()
-            deploy(w3, Sender(w3, keys[0]), Sender(w3, keys[-1]).address, 250,
-                   deployments_file=self.var_dir / "chain" / "deployments.json")  # fmt: skip
+            self.local.chain_start()
+            self.local.contracts_ensure()
         self.manage("migrate", "--noinput", "-v", "0")
-        python = sys.executable
-        self.supervisor.start(
-            "web",
-            [python, "-m", "gunicorn", "marketplace.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "3", "--access-logfile", "-"],
-            self.env,
-        )  # fmt: skip
-        self.supervisor.start(
-            "worker",
-            [python, "-m", "celery", "-A", "marketplace", "worker", "--concurrency", "2", "--loglevel", "INFO",
-             "--queues", "mp.default,mp.scheduler,mp.verify,mp.aggregate,mp.chain", "--hostname", f"mp-{self.tag}@%h"],
-            self.env,
-        )  # fmt: skip
-        if self.with_settlement:
-            self.start_settlement()
-        self.supervisor.start(
-            "beat",
-            [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO",
-             "--schedule", str(self.var_dir / "beat-schedule")],
-            self.env,
-        )  # fmt: skip
-
-        def up() -> bool:
-            self.supervisor.check()
-            try:
-                return requests.get(f"{self.url}/healthz/", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, timeout=60, what="the web server")
+        self.local.start_services(port=self.port, web_workers=3, settlement=self.with_settlement)
+        self.local.web_wait(self.url, timeout=60)
         self.poster_token = self.manage("token", "poster", "--create")
         self.operator_token = self.manage("token", "operator", "--create")
-        self.poster = requests.Session()
-        self.poster.headers["Authorization"] = f"Token {self.poster_token}"
+        self.client = PosterClient(self.url, self.poster_token)
+        self.poster = self.client.session
         return self
 
     def agent(self, name: str, *, slots: int = 1, extra_env: dict[str, str] | None = None) -> Agent:
@@ -232,13 +183,9 @@ class Stack:
     ) -> str:
         """Post a benchmark job and fund it: with the dev service, or in the escrow (`chain fund-dev`, with
         `on_chain_extra` tokens beyond what it needs)."""
-        reply = self.poster.post(
-            f"{self.url}/api/jobs/",
-            json={"kind": "benchmark", "spec": spec, "price_per_replica": str(price), "replication": replication},
-            timeout=10,
-        )
-        assert reply.status_code == 201, reply.text
-        job_id: str = reply.json()["id"]
+        job_id: str = self.client.job_create(
+            {"kind": "benchmark", "spec": spec, "price_per_replica": str(price), "replication": replication}
+        )["id"]
         if on_chain_extra is None:
             self.manage("job", "fund-dev", job_id)
         else:
@@ -246,8 +193,7 @@ class Stack:
         return job_id
 
     def job(self, job_id: str) -> dict[str, Any]:
-        body: dict[str, Any] = self.poster.get(f"{self.url}/api/jobs/{job_id}/", timeout=10).json()
-        return body
+        return self.client.job(job_id)
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
         reply = self.poster.get(f"{self.url}/api/jobs/{job_id}/results/?limit=500", timeout=10).json()
@@ -270,7 +216,7 @@ class Stack:
     def stop(self) -> None:
         for agent in reversed(self.agents):
             agent.stop()
-        self.supervisor.stop_all()
+        self.local.stop()
         admin = redis.Redis.from_url(settings.REDIS_URL)
         for key in admin.scan_iter(match=f"{self.prefix}*", count=500):
             admin.delete(key)
@@ -278,7 +224,5 @@ class Stack:
             name = user.decode() if isinstance(user, bytes) else user
             if name.startswith(f"{self.prefix.rstrip(':')}.node."):
                 admin.execute_command("ACL", "DELUSER", name)
-        if self.anvil is not None:
-            self.anvil.stop()
         if self.database:
             self._pg_admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')

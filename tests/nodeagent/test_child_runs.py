@@ -13,6 +13,7 @@ import pytest
 
 from nodeagent import runners, worker
 from tests.nodeagent.test_agent_cli import _config
+from tests.protocol.messages import an_assignment
 
 
 def _crash(payload: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -40,9 +41,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-unt
     def go(kind: str, payload: dict[str, Any], **message: Any) -> tuple[str | None, Path]:
         workdir = tmp_path / f"work-{kind}"
         workdir.mkdir()
-        outcome = worker._run_child(
-            cfg, {"kind": kind, "payload": payload, **message}, workdir, tmp_path / f"{kind}.marker"
-        )
+        assignment = an_assignment(kind=kind, payload=payload, **message)
+        outcome = worker._run_child(cfg, assignment, workdir, tmp_path / f"{kind}.marker")
         return outcome, workdir
 
     return go

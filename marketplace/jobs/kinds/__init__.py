@@ -1,73 +1,16 @@
-"""The registry of job kinds: adding a kind means registering a spec schema, a splitter and a verifier here,
-and a runner in nodeagent.runners under the same name."""
+"""The registry of job kinds. A kind is a class implementing ReplicatedKind (or SpotCheckedKind) or DrivenKind
+(kinds/base.py); its app registers an instance from AppConfig.ready(), and nodeagent.runners has a runner of the
+same name. The rule that decides a task from its replicas (`decide`) lives here too."""
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from marketplace.core.exceptions import ValidationFailed
-
-
-@dataclass(frozen=True)
-class TaskPlan:
-    """One work unit a splitter produces: what the node runs and what it needs to run it."""
-
-    payload: dict[str, Any]
-    requirements: dict[str, Any]
-    # Tasks of one group (a training round) go to different nodes: one node holds at most one of them at a time.
-    group: int | None = None
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    spec_model: type[BaseModel]
-    task_count: Callable[[Any], int]
-    split: Callable[[Any], list[TaskPlan]]
-    # The comparable value of one result (raises ValueError when the result is malformed), and whether two
-    # replicas' values agree: equality for exact kinds, a tolerance for kinds like render RGB.
-    result_value: Callable[[Any], Any]
-    agree: Callable[[Any, Any], bool] = operator.eq
-    # Why a replica's value differs from an accepted one (explain(accepted, value) -> reason), for kinds whose
-    # comparison can say more than "differs": render names the image, the pass and the metric.
-    explain: Callable[[Any, Any], str] | None = None
-    artifact_max_bytes: int = 16 * 1024 * 1024
-    start_window_seconds: int = 60
-    lease_seconds: int = 600
-    # The longest one assignment may run on a node before the agent kills it and reports it failed.
-    time_limit_seconds: int = 3600
-    description: str = ""
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    # A kind whose spec is validated elsewhere (synthetic's render spec) parses it itself: the parser returns
-    # the parsed spec or raises ValidationFailed naming each field as spec.<path>.
-    parser: Callable[[dict[str, Any]], Any] | None = None
-    # Called once a job of this kind has completed (for example: merge its chunks into one dataset).
-    on_complete: str | None = None
-    # A check of one replica without another (spot_check(task, result value) -> (ok, reason)); kinds that have
-    # one get adaptive replication: trusted nodes' work is replicated only with probability p.
-    spot_check: Callable[[Any, Any], tuple[bool, str]] | None = None
-    # The files a spec needs uploaded before the job may start (paths as the spec writes them).
-    required_assets: Callable[[dict[str, Any]], list[str]] | None = None
-    asset_max_bytes: int = 64 * 2**20
-    asset_suffixes: tuple[str, ...] = ()
-    # The most replicas a poster may ask for (train verifies by replay and robust aggregation: exactly 1).
-    max_replication: int = 5
-    # Checks that need the poster (check(parsed spec, poster); raises ValidationFailed), e.g. that a train job's
-    # dataset is a completed render job of the same poster.
-    check: Callable[[Any, Any], None] | None = None
-    # Kinds that run in rounds (train) drive themselves. `start(job)` prepares the job and returns its first
-    # tasks, instead of split(spec); `verify(task_id)` replaces replica agreement; the kind completes the job.
-    start: Callable[[Any], list[TaskPlan]] | None = None
-    verify: Callable[[Any], str] | None = None
-    self_completing: bool = False
-    # The files an assignment's runner downloads (inputs(assignment, task) -> [{"path", "url", "sha256"}]);
-    # by default the job's uploaded assets.
-    inputs: Callable[[Any, Any], list[dict[str, Any]]] | None = None
+from marketplace.jobs.kinds.base import DrivenKind, Kind, ParsedSpec, ReplicatedKind, SpotCheckedKind, TaskPlan
 
 
 @dataclass(frozen=True)
@@ -109,7 +52,11 @@ _REGISTRY: dict[str, Kind] = {}
 
 
 def register(kind: Kind) -> Kind:
-    if kind.name in _REGISTRY:
+    """Add a kind (from its app's ready()); registering the same class again is a no-op."""
+    existing = _REGISTRY.get(kind.name)
+    if existing is not None:
+        if type(existing) is type(kind):
+            return existing
         raise ValueError(f"job kind {kind.name!r} is registered twice")
     _REGISTRY[kind.name] = kind
     return kind
@@ -122,40 +69,37 @@ def get(name: str) -> Kind:
         raise ValidationFailed({"kind": [f"Unknown job kind {name!r}; choose one of: {', '.join(names())}."]}) from None
 
 
+def replicated(name: str) -> ReplicatedKind[Any]:
+    """The kind `name`, which must be a replicated one (for code paths that only such kinds reach)."""
+    kind = get(name)
+    if not isinstance(kind, ReplicatedKind):
+        raise TypeError(f"the {name} kind is not verified by replica agreement")
+    return kind
+
+
 def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def parse_spec(kind: Kind, spec: Any) -> Any:
-    """Validate `spec` with the kind's schema; errors name each field as spec.<path>."""
+def parse_spec(kind: Kind, spec: Any) -> ParsedSpec:
+    """Validate `spec` with the kind's parser; errors name each field as spec.<path>."""
     if not isinstance(spec, dict):
         raise ValidationFailed({"spec": ["Must be a JSON object."]})
-    if kind.parser is not None:
-        return kind.parser(spec)
-    try:
-        return kind.spec_model.model_validate(spec)
-    except ValidationError as exc:
-        fields: dict[str, list[str]] = {}
-        for error in exc.errors(include_url=False):
-            path = ".".join(["spec", *(str(part) for part in error["loc"])])
-            fields.setdefault(path, []).append(error["msg"])
-        raise ValidationFailed(fields) from None
+    return kind.parse(spec)
 
-
-from marketplace.jobs.kinds import benchmark as _benchmark  # noqa: E402  (registers itself)
-from marketplace.jobs.kinds import render as _render  # noqa: E402  (registers itself)
-from marketplace.jobs.kinds import train as _train  # noqa: E402  (registers itself)
 
 __all__ = [
+    "DrivenKind",
     "Kind",
+    "ParsedSpec",
+    "ReplicatedKind",
+    "SpotCheckedKind",
     "TaskPlan",
     "Verdict",
-    "_benchmark",
-    "_render",
-    "_train",
     "decide",
     "get",
     "names",
     "parse_spec",
     "register",
+    "replicated",
 ]

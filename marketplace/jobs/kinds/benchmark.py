@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from marketplace.jobs.kinds import Kind, TaskPlan, register
+from marketplace.jobs.kinds.base import ReplicatedKind, TaskPlan
 
 MAX_MATRIX_SIZE = 4096
 
@@ -22,48 +22,39 @@ class BenchmarkSpec(BaseModel):
     seed: int = Field(ge=0, le=2**63 - 1, description="Seed of the matrices; task i uses (seed, i).")
 
 
-def task_count(spec: BenchmarkSpec) -> int:
-    return spec.tasks
+class BenchmarkKind(ReplicatedKind[str]):
+    name = "benchmark"
+    description = "Seeded float64 matrix products; replicas must report the same checksum."
+    spec_model = BenchmarkSpec
+    defaults = {"tasks": 4, "matrix_size": 256, "seed": 1}
+    artifact_max_bytes = 64 * 1024
+    start_window_seconds = 30
+    lease_seconds = 120
+    time_limit_seconds = 300
 
+    def task_count(self, spec: BenchmarkSpec) -> int:
+        return spec.tasks
 
-def split(spec: BenchmarkSpec) -> list[TaskPlan]:
-    # Three n×n float64 matrices live at once, plus interpreter overhead.
-    ram_mb = math.ceil(3 * spec.matrix_size**2 * 8 / 2**20) + 64
-    requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": []}
-    return [
-        TaskPlan(
-            payload={"matrix_size": spec.matrix_size, "seed": spec.seed, "index": i},
-            requirements=requirements,
-        )
-        for i in range(spec.tasks)
-    ]
+    def split(self, spec: BenchmarkSpec) -> list[TaskPlan]:
+        # Three n×n float64 matrices live at once, plus interpreter overhead.
+        ram_mb = math.ceil(3 * spec.matrix_size**2 * 8 / 2**20) + 64
+        requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": []}
+        return [
+            TaskPlan(
+                payload={"matrix_size": spec.matrix_size, "seed": spec.seed, "index": i},
+                requirements=requirements,
+            )
+            for i in range(spec.tasks)
+        ]
 
-
-def result_value(result: Any) -> str:
-    """The checksum a node signed: the artifact is the runner's JSON output."""
-    with result.artifact.open("rb") as artifact:
-        raw = artifact.read(64 * 1024 + 1)
-    try:
-        checksum = json.loads(raw)["checksum"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError("the artifact is not the benchmark runner's JSON with a checksum") from exc
-    if not isinstance(checksum, str) or len(checksum) != 64:
-        raise ValueError("the checksum is not a sha256 hex digest")
-    return checksum
-
-
-KIND = register(
-    Kind(
-        name="benchmark",
-        spec_model=BenchmarkSpec,
-        task_count=task_count,
-        split=split,
-        result_value=result_value,
-        artifact_max_bytes=64 * 1024,
-        start_window_seconds=30,
-        lease_seconds=120,
-        time_limit_seconds=300,
-        description="Seeded float64 matrix products; replicas must report the same checksum.",
-        defaults={"tasks": 4, "matrix_size": 256, "seed": 1},
-    )
-)
+    def result_value(self, result: Any) -> str:
+        """The checksum a node signed: the artifact is the runner's JSON output."""
+        with result.artifact.open("rb") as artifact:
+            raw = artifact.read(64 * 1024 + 1)
+        try:
+            checksum = json.loads(raw)["checksum"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError("the artifact is not the benchmark runner's JSON with a checksum") from exc
+        if not isinstance(checksum, str) or len(checksum) != 64:
+            raise ValueError("the checksum is not a sha256 hex digest")
+        return checksum

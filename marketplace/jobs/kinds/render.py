@@ -4,7 +4,6 @@ PSNR rule; a completed job's chunks are merged into one COCO dataset. The runner
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 import shutil
@@ -16,7 +15,8 @@ from typing import Any
 from django.conf import settings
 
 from marketplace.core.exceptions import ValidationFailed
-from marketplace.jobs.kinds import Kind, TaskPlan, register
+from marketplace.core.queues import TaskName
+from marketplace.jobs.kinds.base import SpotCheckedKind, TaskPlan
 
 MAX_CHUNK_SIZE = 256
 MAX_UNPACKED_BYTES = 2 * 2**30
@@ -28,7 +28,7 @@ class RenderJobSpec:
     images: int
     chunk_size: int
 
-    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+    def model_dump(self, *, mode: str = "json") -> dict[str, Any]:
         return {**self.scene, "chunk_size": self.chunk_size}
 
 
@@ -53,40 +53,11 @@ def parse(spec: dict[str, Any]) -> RenderJobSpec:
     return RenderJobSpec(scene=normalised, images=int(normalised["images"]), chunk_size=int(chunk_size))
 
 
-def required_assets(spec: dict[str, Any]) -> list[str]:
-    """The glTF files the spec's catalog refers to: the poster uploads them before the job starts."""
-    return sorted(
-        {
-            str(item["path"])
-            for item in spec.get("catalog", [])
-            if isinstance(item, dict) and item.get("kind") == "asset"
-        }
-    )
-
-
-def task_count(spec: RenderJobSpec) -> int:
-    return math.ceil(spec.images / spec.chunk_size)
-
-
-def split(spec: RenderJobSpec) -> list[TaskPlan]:
-    width, height = spec.scene["output"]["resolution"]
-    # Blender itself plus a few full-resolution float buffers per image.
-    ram_mb = 1024 + math.ceil(width * height * 4 * 4 * 8 / 2**20)
-    requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": ["bpy"]}
-    return [
-        TaskPlan(
-            payload={"spec": spec.scene, "start": start, "count": min(spec.chunk_size, spec.images - start)},
-            requirements=requirements,
-        )
-        for start in range(0, spec.images, spec.chunk_size)
-    ]
-
-
 def _unpacked_dir(result: Any) -> Path:
     return Path(settings.MEDIA_ROOT) / "unpacked" / str(result.id)
 
 
-def result_value(result: Any) -> Path:
+def chunk_unpack(result: Any) -> Path:
     """The result's chunk, unpacked once under MEDIA_ROOT/unpacked/ (safely: no path may leave the folder)."""
     target = _unpacked_dir(result)
     if (target / "chunk.json").exists():
@@ -119,20 +90,6 @@ def result_value(result: Any) -> Path:
     return target
 
 
-def agree(a: Path, b: Path) -> bool:
-    """Two replicas of one chunk agree: identical labels, RGB within synthetic's PSNR rule."""
-    from synthetic import compare
-
-    return bool(compare(a, b).ok)
-
-
-def explain(accepted: Path, value: Path) -> str:
-    """How a rejected chunk differs from the accepted one: the first reasons synthetic.compare gives."""
-    from synthetic import compare
-
-    return "; ".join(compare(accepted, value).reasons[:3])
-
-
 def assets_dir(job: Any) -> Path:
     """The job's assets as local files (from the media storage, which may be S3), laid out as the spec names them."""
     root = Path(settings.MEDIA_ROOT) / "cache" / "assets" / str(job.id)
@@ -145,37 +102,64 @@ def assets_dir(job: Any) -> Path:
     return root
 
 
-def spot_check(task: Any, chunk: Path) -> tuple[bool, str]:
-    """Re-render the label passes of one random image of the chunk here and require an exact match."""
-    from synthetic import spot_check as rerender_labels
+class RenderKind(SpotCheckedKind[Path]):
+    name = "render"
+    description = "Labeled synthetic images rendered with Blender, in chunks; replicas must agree exactly."
+    artifact_max_bytes = 512 * 2**20
+    start_window_seconds = 60
+    lease_seconds = 600
+    time_limit_seconds = 3600
+    asset_suffixes = (".glb", ".gltf")
+    on_complete = TaskName.RENDER_MERGE
 
-    index = task.payload["start"] + secrets.randbelow(task.payload["count"])
-    verdict = rerender_labels(task.payload["spec"], chunk, index, asset_dir=assets_dir(task.job))
-    return bool(verdict.ok), "; ".join(verdict.reasons[:3]) or f"image {index} re-rendered identically"
+    def parse(self, spec: dict[str, Any]) -> RenderJobSpec:
+        return parse(spec)
 
+    def required_assets(self, spec: dict[str, Any]) -> list[str]:
+        """The glTF files the spec's catalog refers to: the poster uploads them before the job starts."""
+        return sorted(
+            {
+                str(item["path"])
+                for item in spec.get("catalog", [])
+                if isinstance(item, dict) and item.get("kind") == "asset"
+            }
+        )
 
-def chunk_digest(path: Path) -> str:
-    return hashlib.sha256((path / "chunk.json").read_bytes()).hexdigest()
+    def task_count(self, spec: RenderJobSpec) -> int:
+        return math.ceil(spec.images / spec.chunk_size)
 
+    def split(self, spec: RenderJobSpec) -> list[TaskPlan]:
+        width, height = spec.scene["output"]["resolution"]
+        # Blender itself plus a few full-resolution float buffers per image.
+        ram_mb = 1024 + math.ceil(width * height * 4 * 4 * 8 / 2**20)
+        requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": ["bpy"]}
+        return [
+            TaskPlan(
+                payload={"spec": spec.scene, "start": start, "count": min(spec.chunk_size, spec.images - start)},
+                requirements=requirements,
+            )
+            for start in range(0, spec.images, spec.chunk_size)
+        ]
 
-KIND = register(
-    Kind(
-        name="render",
-        spec_model=dict,  # type: ignore[arg-type]  (parsed by `parser`)
-        parser=parse,
-        task_count=task_count,
-        split=split,
-        result_value=result_value,
-        agree=agree,
-        explain=explain,
-        artifact_max_bytes=512 * 2**20,
-        start_window_seconds=60,
-        lease_seconds=600,
-        time_limit_seconds=3600,
-        description="Labeled synthetic images rendered with Blender, in chunks; replicas must agree exactly.",
-        on_complete="jobs.render_merge",
-        spot_check=spot_check,
-        required_assets=required_assets,
-        asset_suffixes=(".glb", ".gltf"),
-    )
-)
+    def result_value(self, result: Any) -> Path:
+        return chunk_unpack(result)
+
+    def agree(self, a: Path, b: Path) -> bool:
+        """Two replicas of one chunk agree: identical labels, RGB within synthetic's PSNR rule."""
+        from synthetic import compare
+
+        return bool(compare(a, b).ok)
+
+    def explain(self, accepted: Path, value: Path) -> str:
+        """How a rejected chunk differs from the accepted one: the first reasons synthetic.compare gives."""
+        from synthetic import compare
+
+        return "; ".join(compare(accepted, value).reasons[:3])
+
+    def spot_check(self, task: Any, value: Path) -> tuple[bool, str]:
+        """Re-render the label passes of one random image of the chunk here and require an exact match."""
+        from synthetic import spot_check as rerender_labels
+
+        index = task.payload["start"] + secrets.randbelow(task.payload["count"])
+        verdict = rerender_labels(task.payload["spec"], value, index, asset_dir=assets_dir(task.job))
+        return bool(verdict.ok), "; ".join(verdict.reasons[:3]) or f"image {index} re-rendered identically"

@@ -6,14 +6,15 @@ from typing import Any
 
 from django import template
 
+from marketplace.core.money import tokens_format
+
 register = template.Library()
 
 
 @register.filter
 def tokens(base_units: Any) -> str:
-    """Token base units (18 decimals) as HWC: 1500000000000000000 → 1.5."""
+    """Token base units (18 decimals) as HWC: 1500000000000000000 → 1.5; "–" for what is not an amount."""
     try:
-        whole, fraction = divmod(int(base_units), 10**18)
+        return tokens_format(int(base_units))
     except (TypeError, ValueError):
         return "–"
-    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")

@@ -17,8 +17,9 @@ import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from marketplace.federated import services as federated
+from marketplace.federated import rounds as federated
 from marketplace.federated.models import RoundState, TrainData, TrainRound
+from marketplace.federated.updates import quorum
 from marketplace.jobs import dispatch, services, verification
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Task, TaskState
 from marketplace.payments.models import Payout
@@ -271,7 +272,7 @@ def test_a_quorum_closes_the_round_and_the_stragglers_late_update_is_refused(
     for assignment_id in prompt:
         assert _run_node(owners[assignment_id], assignment_id, tmp_path).status_code == 201
         _verify(assignment_id)
-    assert federated.quorum(3) == 2
+    assert quorum(3) == 2
     federated.round_close(job_id=job.id, index=0, why="quorum")
     late = Assignment.objects.get(id=straggler)
     assert late.state == AssignmentState.CANCELLED

@@ -12,9 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from marketplace.jobs import signing
 from marketplace.jobs.models import Assignment, AssignmentState, JobState, Result
-from nodeagent.signer import Wallet, result_message
+from nodeagent.signer import Wallet
 from tests.factories import AssignmentFactory, JobFactory, TaskFactory
 
 pytestmark = pytest.mark.django_db
@@ -125,14 +124,6 @@ def test_a_signature_over_other_bytes_is_refused(node: Any, assignment: Assignme
     assert response.status_code == 400
     assert "signature" in response.json()["extra"]["fields"]
     assert not Result.objects.exists()
-
-
-def test_the_agent_and_the_marketplace_agree_on_what_is_signed() -> None:
-    assert signing.result_message(assignment_id="a1", sha256="ff") == result_message("a1", "ff")
-    wallet = Wallet.create()
-    assert signing.result_signer(assignment_id="a1", sha256="ff", signature=wallet.sign_result("a1", "ff")) == (
-        wallet.address
-    )
 
 
 def test_an_oversized_artifact_is_refused(node: Any, assignment: Assignment) -> None:

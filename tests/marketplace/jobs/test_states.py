@@ -1,4 +1,4 @@
-"""The job and assignment state machines: every legal move works, every illegal one is refused."""
+"""The job, task and assignment state machines: every legal move works, every illegal one is refused."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import itertools
 import pytest
 
 from marketplace.core.exceptions import Conflict
-from marketplace.jobs import services
+from marketplace.jobs import dispatch, services
 from marketplace.jobs.models import (
     ASSIGNMENT_TRANSITIONS,
     JOB_TERMINAL,
     JOB_TRANSITIONS,
+    TASK_TRANSITIONS,
     Assignment,
     AssignmentState,
     Job,
     JobState,
+    Task,
+    TaskState,
 )
-from tests.factories import AssignmentFactory, JobFactory
+from marketplace.jobs.transitions import task_transition
+from tests.factories import AssignmentFactory, JobFactory, TaskFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -62,10 +66,17 @@ def test_of_two_racing_transitions_only_one_wins() -> None:
 def test_an_assignment_moves_only_along_the_allowed_transitions(source: str, target: str) -> None:
     assignment = AssignmentFactory(state=source)
     moved = (
-        services.assignment_transition(assignment_id=assignment.id, to=target)
-        if target in ASSIGNMENT_TRANSITIONS
-        else False
+        dispatch.assignment_end(assignment_id=assignment.id, to=target) if target in ASSIGNMENT_TRANSITIONS else False
     )
     expected = source in ASSIGNMENT_TRANSITIONS.get(target, frozenset())
     assert moved is expected
     assert Assignment.objects.get(id=assignment.id).state == (target if expected else source)
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(TaskState.values, TaskState.values)))
+def test_a_task_moves_only_along_the_allowed_transitions(source: str, target: str) -> None:
+    task = TaskFactory(state=source)
+    moved = task_transition(task_id=task.id, to=target) if target in TASK_TRANSITIONS else False
+    expected = source in TASK_TRANSITIONS.get(target, frozenset())
+    assert moved is expected
+    assert Task.objects.get(id=task.id).state == (target if expected else source)

@@ -22,6 +22,7 @@ from contracts.connection import connect
 from contracts.deploy import Deployment, deploy, load_deployment
 from contracts.errors import ChainError
 from contracts.sender import Sender, parse_private_key
+from marketplace.core.money import tokens_format
 from marketplace.jobs.models import Job, JobState
 from marketplace.payments.services import funding_required
 
@@ -34,12 +35,6 @@ LOCAL_CHAINS = ", ".join(str(chain_id) for chain_id in sorted(devchain.LOCAL_CHA
 
 def _state_file() -> Path:
     return Path(settings.CHAIN_DIR) / "anvil-state.json"
-
-
-def _tokens(base_units: int) -> str:
-    """Base units as a token amount: exact, without trailing zeros."""
-    whole, fraction = divmod(base_units, UNIT)
-    return f"{whole}.{fraction:0{DECIMALS}d}".rstrip("0").rstrip(".")
 
 
 def parse_address(raw: str, *, argument: str) -> str:
@@ -260,8 +255,8 @@ class Command(BaseCommand):
         if balance < wanted:
             minter.send(to=address, value=wanted - balance)
         self.stdout.write(
-            f"Minted {_tokens(amount)} HWC to {address} on chain {chain_id}; it now holds "
-            f"{_tokens(token.balance_of(address))} HWC and {_tokens(w3.eth.get_balance(address))} ETH."
+            f"Minted {tokens_format(amount)} HWC to {address} on chain {chain_id}; it now holds "
+            f"{tokens_format(token.balance_of(address))} HWC and {tokens_format(w3.eth.get_balance(address))} ETH."
         )
 
     def _job(self, raw: str) -> Job:
@@ -291,14 +286,14 @@ class Command(BaseCommand):
         on_chain = escrow.job_of(job.id)
         missing = required + options["extra"] - on_chain.remaining
         if missing <= 0:
-            self.stdout.write(f"Job {job.id} already holds {_tokens(on_chain.remaining)} HWC in escrow: enough.")
+            self.stdout.write(f"Job {job.id} already holds {tokens_format(on_chain.remaining)} HWC in escrow: enough.")
             return
         token = deployment.token_contract(w3, self._deployer(w3))
         token.mint(poster.address, missing)
         deployment.token_contract(w3, poster).approve(deployment.escrow, missing)
         receipt = escrow.fund(job.id, missing, max(int(job.deadline.timestamp()), on_chain.deadline))
         self.stdout.write(
-            f"Funded job {job.id} with {_tokens(missing)} HWC from {poster.address} "
+            f"Funded job {job.id} with {tokens_format(missing)} HWC from {poster.address} "
             f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')}); the marketplace starts it when it "
             "sees the deposit."
         )
@@ -314,8 +309,8 @@ class Command(BaseCommand):
             f"Deployment  {settings.CHAIN_DEPLOYMENTS_FILE} (block {deployment.block_number}, "
             f"{deployment.deployed_at})\n"
             f"Token       {token.name()} ({token.symbol()}) {deployment.token}, total supply "
-            f"{_tokens(token.total_supply())}\n"
-            f"Escrow      JobEscrow {deployment.escrow}: holds {_tokens(token.balance_of(escrow.address))} "
+            f"{tokens_format(token.total_supply())}\n"
+            f"Escrow      JobEscrow {deployment.escrow}: holds {tokens_format(token.balance_of(escrow.address))} "
             f"{token.symbol()}, fee {escrow.fee_bps()} bps, treasury {escrow.treasury()}, "
             f"{'PAUSED' if escrow.paused() else 'not paused'}"
         )
@@ -327,9 +322,9 @@ class Command(BaseCommand):
                 continue
             shown.add(address)
             self.stdout.write(
-                f"{label:<11} {address}: {_tokens(w3.eth.get_balance(address))} ETH, "
-                f"{_tokens(token.balance_of(address))} {token.symbol()}, escrow credit "
-                f"{_tokens(escrow.credit_of(address))} {token.symbol()}"
+                f"{label:<11} {address}: {tokens_format(w3.eth.get_balance(address))} ETH, "
+                f"{tokens_format(token.balance_of(address))} {token.symbol()}, escrow credit "
+                f"{tokens_format(escrow.credit_of(address))} {token.symbol()}"
             )
 
     def _serve(self, port: int | None) -> None:

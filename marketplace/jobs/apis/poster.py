@@ -1,8 +1,7 @@
-"""Thin API views for jobs (posters) and assignments (node agents); the logic lives in services/selectors."""
+"""Thin API views posters call: post, list, follow and cancel jobs, upload their assets, fetch what they produced."""
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from django.core.files.storage import default_storage
@@ -14,28 +13,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace.api.errors import error_responses
 from marketplace.api.fields import TokenAmountField
 from marketplace.api.pagination import Pagination
 from marketplace.jobs import kinds, selectors, services
-from marketplace.jobs.models import Assignment, Job, JobState, Result, Task
-from marketplace.nodes.authentication import NodeApiView
-
-
-class ErrorSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    message = serializers.CharField()
-    extra = serializers.DictField()
-
-
-ERRORS = {
-    400: OpenApiResponse(ErrorSerializer, description="Invalid input; extra.fields names each bad field."),
-    401: OpenApiResponse(ErrorSerializer, description="Missing or wrong credentials."),
-    404: OpenApiResponse(ErrorSerializer, description="No such object for this caller."),
-    409: OpenApiResponse(ErrorSerializer, description="The object's state does not allow this."),
-}
-
-
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: ERRORS[code] for code in codes}
+from marketplace.jobs.models import Job, JobState, Result, Task
 
 
 class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -100,7 +82,7 @@ class JobListApi(APIView):
             OpenApiParameter("state", str, enum=[s.value for s in JobState]),
             OpenApiParameter("kind", str, enum=kinds.names()),
         ],
-        responses={200: JobOutputSerializer(many=True), **_errors(401)},
+        responses={200: JobOutputSerializer(many=True), **error_responses(401)},
     )
     def get(self, request: Request) -> Response:
         jobs = selectors.job_list(
@@ -115,7 +97,7 @@ class JobListApi(APIView):
     @extend_schema(
         operation_id="jobs_create",
         request=JobCreateInputSerializer,
-        responses={201: JobOutputSerializer, **_errors(400, 401)},
+        responses={201: JobOutputSerializer, **error_responses(400, 401)},
         description="Post a job. It is created as a draft with its quote (price × tasks × replication).",
     )
     def post(self, request: Request) -> Response:
@@ -126,7 +108,7 @@ class JobListApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(operation_id="jobs_retrieve", responses={200: JobOutputSerializer, **_errors(401, 404)})
+    @extend_schema(operation_id="jobs_retrieve", responses={200: JobOutputSerializer, **error_responses(401, 404)})
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
         return Response(JobOutputSerializer(job).data)
@@ -137,7 +119,7 @@ class JobOutputApi(APIView):
         operation_id="jobs_output_retrieve",
         responses={
             (200, "application/zip"): OpenApiResponse(description="The job's dataset (COCO, merged)."),
-            **_errors(401, 404, 409),
+            **error_responses(401, 404, 409),
         },
         description="Download what a completed job produced (a render job's merged COCO dataset).",
     )
@@ -157,7 +139,7 @@ class JobPreviewApi(APIView):
         operation_id="jobs_previews_retrieve",
         responses={
             (200, "image/png"): OpenApiResponse(description="A labeled preview image."),
-            **_errors(401, 404, 409),
+            **error_responses(401, 404, 409),
         },
         description="Preview K (0-based) of a completed render job: an image with its masks, boxes and categories.",
     )
@@ -171,7 +153,7 @@ class JobCancelApi(APIView):
     @extend_schema(
         operation_id="jobs_cancel",
         request=None,
-        responses={200: JobOutputSerializer, **_errors(401, 404, 409)},
+        responses={200: JobOutputSerializer, **error_responses(401, 404, 409)},
     )
     def post(self, request: Request, job_id: UUID) -> Response:
         job = services.job_cancel(job_id=job_id, poster=request.user)
@@ -210,7 +192,7 @@ class TaskOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
 
 class JobTaskListApi(APIView):
     @extend_schema(
-        operation_id="jobs_tasks_list", responses={200: TaskOutputSerializer(many=True), **_errors(401, 404)}
+        operation_id="jobs_tasks_list", responses={200: TaskOutputSerializer(many=True), **error_responses(401, 404)}
     )
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
@@ -247,7 +229,7 @@ class ResultOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-
 class JobResultListApi(APIView):
     @extend_schema(
         operation_id="jobs_results_list",
-        responses={200: ResultOutputSerializer(many=True), **_errors(401, 404)},
+        responses={200: ResultOutputSerializer(many=True), **error_responses(401, 404)},
     )
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
@@ -261,7 +243,7 @@ class ResultArtifactApi(APIView):
         operation_id="results_artifact_retrieve",
         responses={
             (200, "application/octet-stream"): OpenApiResponse(description="The artifact's bytes."),
-            **_errors(401, 404),
+            **error_responses(401, 404),
         },
     )
     def get(self, request: Request, result_id: UUID) -> FileResponse:
@@ -272,108 +254,6 @@ class ResultArtifactApi(APIView):
             filename=f"{result.assignment_id}.bin",
             content_type="application/octet-stream",
         )
-
-
-class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    progress = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Assignment
-        fields = [
-            "id",
-            "task",
-            "state",
-            "attempt",
-            "start_by",
-            "lease_expires_at",
-            "started_at",
-            "submitted_at",
-            "progress",
-        ]
-
-    @extend_schema_field(ProgressOutputSerializer(allow_null=True))
-    def get_progress(self, assignment: Assignment) -> dict[str, int] | None:
-        return assignment.progress
-
-
-class AssignmentStartApi(NodeApiView):
-    @extend_schema(
-        operation_id="assignments_start",
-        request=None,
-        responses={200: AssignmentOutputSerializer, **_errors(401, 404, 409)},
-        description="The node starts a leased assignment. 409 if it was cancelled, expired or already started.",
-    )
-    def post(self, request: Request, assignment_id: UUID) -> Response:
-        assignment = services.assignment_start(assignment_id=assignment_id, node=request.auth)
-        return Response(AssignmentOutputSerializer(assignment).data)
-
-
-class ResultSubmitInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    artifact = serializers.FileField(allow_empty_file=True)
-    sha256 = serializers.CharField(max_length=64, help_text="Hex sha256 of the artifact's bytes.")
-    signature = serializers.CharField(max_length=132, help_text="EIP-191 signature of (assignment id, sha256).")
-    metrics = serializers.JSONField(binary=True, required=False, default=dict)
-
-    def validate_metrics(self, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        return value
-
-
-class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    class Meta:
-        model = Result
-        fields = ["id", "assignment", "sha256", "size", "created_at"]
-
-
-class AssignmentResultApi(NodeApiView):
-    parser_classes = [MultiPartParser, FormParser]
-
-    @extend_schema(
-        operation_id="assignments_result_create",
-        request={"multipart/form-data": ResultSubmitInputSerializer},
-        responses={201: ResultOutputNodeSerializer, **_errors(400, 401, 404, 409)},
-    )
-    def post(self, request: Request, assignment_id: UUID) -> Response:
-        # Ownership before validation: another node learns nothing, not even which fields are wrong.
-        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
-        data = ResultSubmitInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        result = services.result_submit(assignment_id=assignment_id, node=request.auth, **data.validated_data)
-        return Response(ResultOutputNodeSerializer(result).data, status=status.HTTP_201_CREATED)
-
-
-class AssignmentReleaseApi(NodeApiView):
-    @extend_schema(
-        operation_id="assignments_release",
-        request=None,
-        responses={200: AssignmentOutputSerializer, **_errors(401, 404, 409)},
-        description="Hand one open assignment back (the node is pausing); it is re-leased at once, no penalty.",
-    )
-    def post(self, request: Request, assignment_id: UUID) -> Response:
-        assignment = services.assignment_release(assignment_id=assignment_id, node=request.auth)
-        return Response(AssignmentOutputSerializer(assignment).data)
-
-
-class AssignmentFailInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    reason = serializers.CharField(max_length=2000, help_text="What went wrong (the runner's last error lines).")
-
-
-class AssignmentFailApi(NodeApiView):
-    @extend_schema(
-        operation_id="assignments_fail",
-        request=AssignmentFailInputSerializer,
-        responses={200: AssignmentOutputSerializer, **_errors(400, 401, 404, 409)},
-        description="The node's runner failed: the attempt is lost and the replica is leased to another node.",
-    )
-    def post(self, request: Request, assignment_id: UUID) -> Response:
-        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
-        data = AssignmentFailInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        assignment = services.assignment_fail(
-            assignment_id=assignment_id, node=request.auth, reason=data.validated_data["reason"]
-        )
-        return Response(AssignmentOutputSerializer(assignment).data)
 
 
 class JobAssetUploadInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -394,7 +274,7 @@ class JobAssetUploadApi(APIView):
     @extend_schema(
         operation_id="jobs_assets_create",
         request={"multipart/form-data": JobAssetUploadInputSerializer},
-        responses={201: JobAssetOutputSerializer, **_errors(400, 401, 404, 409)},
+        responses={201: JobAssetOutputSerializer, **error_responses(400, 401, 404, 409)},
         description="Upload a file the job's spec refers to (a render job's glTF model) while the job is a draft. "
         "A job that needs assets starts only once they are all uploaded.",
     )
@@ -404,17 +284,3 @@ class JobAssetUploadApi(APIView):
         data.is_valid(raise_exception=True)
         asset = services.job_asset_upload(job_id=job_id, poster=request.user, **data.validated_data)
         return Response(JobAssetOutputSerializer(asset).data, status=status.HTTP_201_CREATED)
-
-
-class AssignmentInputApi(NodeApiView):
-    @extend_schema(
-        operation_id="assignments_inputs_retrieve",
-        responses={
-            (200, "application/octet-stream"): OpenApiResponse(description="The input file's bytes."),
-            **_errors(401, 404, 409),
-        },
-        description="An input file of an open assignment (a render job's glTF asset), for its node only.",
-    )
-    def get(self, request: Request, assignment_id: UUID, asset_id: UUID) -> FileResponse:
-        asset = selectors.assignment_input(assignment_id=assignment_id, asset_id=asset_id, node=request.auth)
-        return FileResponse(asset.file.open("rb"), content_type="application/octet-stream")

@@ -1,0 +1,135 @@
+"""Thin API views node agents call on their assignments: start, submit the result, release, fail, fetch inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.http import FileResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from marketplace.api.errors import error_responses
+from marketplace.jobs import selectors, services
+from marketplace.jobs.apis.poster import ProgressOutputSerializer
+from marketplace.jobs.models import Assignment, Result
+from marketplace.nodes.authentication import NodeApiView
+
+
+class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Assignment
+        fields = [
+            "id",
+            "task",
+            "state",
+            "attempt",
+            "start_by",
+            "lease_expires_at",
+            "started_at",
+            "submitted_at",
+            "progress",
+        ]
+
+    @extend_schema_field(ProgressOutputSerializer(allow_null=True))
+    def get_progress(self, assignment: Assignment) -> dict[str, int] | None:
+        return assignment.progress
+
+
+class AssignmentStartApi(NodeApiView):
+    @extend_schema(
+        operation_id="assignments_start",
+        request=None,
+        responses={200: AssignmentOutputSerializer, **error_responses(401, 404, 409)},
+        description="The node starts a leased assignment. 409 if it was cancelled, expired or already started.",
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        assignment = services.assignment_start(assignment_id=assignment_id, node=request.auth)
+        return Response(AssignmentOutputSerializer(assignment).data)
+
+
+class ResultSubmitInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    artifact = serializers.FileField(allow_empty_file=True)
+    sha256 = serializers.CharField(max_length=64, help_text="Hex sha256 of the artifact's bytes.")
+    signature = serializers.CharField(max_length=132, help_text="EIP-191 signature of (assignment id, sha256).")
+    metrics = serializers.JSONField(binary=True, required=False, default=dict)
+
+    def validate_metrics(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+
+class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = Result
+        fields = ["id", "assignment", "sha256", "size", "created_at"]
+
+
+class AssignmentResultApi(NodeApiView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        operation_id="assignments_result_create",
+        request={"multipart/form-data": ResultSubmitInputSerializer},
+        responses={201: ResultOutputNodeSerializer, **error_responses(400, 401, 404, 409)},
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        # Ownership before validation: another node learns nothing, not even which fields are wrong.
+        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
+        data = ResultSubmitInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = services.result_submit(assignment_id=assignment_id, node=request.auth, **data.validated_data)
+        return Response(ResultOutputNodeSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+class AssignmentReleaseApi(NodeApiView):
+    @extend_schema(
+        operation_id="assignments_release",
+        request=None,
+        responses={200: AssignmentOutputSerializer, **error_responses(401, 404, 409)},
+        description="Hand one open assignment back (the node is pausing); it is re-leased at once, no penalty.",
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        assignment = services.assignment_release(assignment_id=assignment_id, node=request.auth)
+        return Response(AssignmentOutputSerializer(assignment).data)
+
+
+class AssignmentFailInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    reason = serializers.CharField(max_length=2000, help_text="What went wrong (the runner's last error lines).")
+
+
+class AssignmentFailApi(NodeApiView):
+    @extend_schema(
+        operation_id="assignments_fail",
+        request=AssignmentFailInputSerializer,
+        responses={200: AssignmentOutputSerializer, **error_responses(400, 401, 404, 409)},
+        description="The node's runner failed: the attempt is lost and the replica is leased to another node.",
+    )
+    def post(self, request: Request, assignment_id: UUID) -> Response:
+        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
+        data = AssignmentFailInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        assignment = services.assignment_fail(
+            assignment_id=assignment_id, node=request.auth, reason=data.validated_data["reason"]
+        )
+        return Response(AssignmentOutputSerializer(assignment).data)
+
+
+class AssignmentInputApi(NodeApiView):
+    @extend_schema(
+        operation_id="assignments_inputs_retrieve",
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(description="The input file's bytes."),
+            **error_responses(401, 404, 409),
+        },
+        description="An input file of an open assignment (a render job's glTF asset), for its node only.",
+    )
+    def get(self, request: Request, assignment_id: UUID, asset_id: UUID) -> FileResponse:
+        asset = selectors.assignment_input(assignment_id=assignment_id, asset_id=asset_id, node=request.auth)
+        return FileResponse(asset.file.open("rb"), content_type="application/octet-stream")

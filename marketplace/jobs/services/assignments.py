@@ -1,0 +1,170 @@
+"""Writes for assignments as node agents report on them: heartbeat, start, result, hand back, fail."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.utils import timezone
+
+from marketplace.core.enqueue import enqueue, schedule_request
+from marketplace.core.exceptions import Conflict, ValidationFailed
+from marketplace.core.queues import TaskName
+from marketplace.jobs import dispatch, kinds, selectors, signing
+from marketplace.jobs.models import Assignment, AssignmentState, Result
+from marketplace.nodes.models import Node
+
+logger = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+
+
+def assignment_start(*, assignment_id: UUID, node: Node) -> Assignment:
+    """The node starts work on a leased assignment; Conflict if it was cancelled, expired or started."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    now = timezone.now()
+    started = Assignment.objects.filter(
+        id=assignment.id,
+        node=node,
+        state=AssignmentState.LEASED,
+        start_by__gte=now,
+        lease_expires_at__gte=now,
+    ).update(state=AssignmentState.RUNNING, started_at=now)
+    assignment.refresh_from_db()
+    if not started:
+        state = assignment.state
+        why = "its start window has passed" if state == AssignmentState.LEASED else f"it is {state}"
+        raise Conflict(f"This assignment cannot start: {why}.", {"state": state})
+    return assignment
+
+
+def result_submit(
+    *,
+    assignment_id: UUID,
+    node: Node,
+    artifact: UploadedFile,
+    sha256: str,
+    signature: str,
+    metrics: dict[str, Any],
+) -> Result:
+    """Store a node's result for its running assignment. Checks that need no key come first, so bad input
+    is refused before anything is written; a repeated identical upload returns the first result."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    fields: dict[str, list[str]] = {}
+    sha256 = sha256.strip().lower()
+    if not SHA256_RE.match(sha256):
+        fields["sha256"] = ["Must be 64 lower-case hex digits."]
+    if not SIGNATURE_RE.match(signature.strip()):
+        fields["signature"] = ["Must be a 0x-prefixed 65-byte hex signature."]
+    kind_name = assignment.task.job.kind
+    limit = settings.HASHWORK["ARTIFACT_LIMITS"].get(kind_name) or kinds.get(kind_name).artifact_max_bytes
+    if artifact.size is None or artifact.size > limit:
+        fields["artifact"] = [f"Is {artifact.size} bytes; {assignment.task.job.kind} results are at most {limit}."]
+    if fields:
+        raise ValidationFailed(fields)
+    digest = hashlib.sha256()
+    for chunk in artifact.chunks():
+        digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise ValidationFailed({"sha256": ["Does not match the uploaded artifact's bytes."]})
+    signer = signing.result_signer(assignment_id=assignment.id, sha256=sha256, signature=signature.strip())
+    if signer is None or signer.lower() != node.wallet_address.lower():
+        raise ValidationFailed(
+            {"signature": ["Is not the node wallet's EIP-191 signature of this assignment id and sha256."]}
+        )
+    existing = Result.objects.filter(assignment=assignment).first()
+    if existing is not None:
+        if existing.sha256 == sha256:
+            return existing
+        raise Conflict("A different result was already submitted for this assignment.")
+    now = timezone.now()
+    if assignment.state != AssignmentState.RUNNING:
+        raise Conflict(f"This assignment is {assignment.state}; results are taken only while it runs.")
+    if assignment.lease_expires_at < now:
+        raise Conflict("The lease on this assignment has expired; the result is not accepted.")
+    artifact.seek(0)
+    with transaction.atomic():
+        if not dispatch.assignment_end(assignment_id=assignment.id, to=AssignmentState.SUBMITTED, submitted_at=now):
+            raise Conflict("This assignment changed state while the result was uploaded.")
+        result = Result(assignment=assignment, sha256=sha256, size=artifact.size, metrics=metrics, signature=signature)
+        result.artifact.save(f"{assignment.id}.bin", artifact, save=False)
+        result.save()
+        enqueue(TaskName.TASK_VERIFY, assignment.task_id)
+        schedule_request()
+    logger.info("result %s stored for assignment %s of node %s", result.id, assignment.id, node.id)
+    return result
+
+
+def assignment_release(*, assignment_id: UUID, node: Node) -> Assignment:
+    """The node hands one assignment back (paused, shutting down): it is re-leased at once, no penalty."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    if not dispatch.assignment_end(
+        assignment_id=assignment.id, to=AssignmentState.RELEASED, reason="handed back by the node"
+    ):
+        assignment.refresh_from_db()
+        raise Conflict(f"This assignment is {assignment.state}; only open assignments can be handed back.")
+    schedule_request()
+    assignment.refresh_from_db()
+    return assignment
+
+
+def assignment_fail(*, assignment_id: UUID, node: Node, reason: str) -> Assignment:
+    """The node's runner failed on this assignment: an attempt lost, and a mark against the node on this job."""
+    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    reason = reason.strip()[:500] or "the node reported a failure"
+    if not dispatch.assignment_end(assignment_id=assignment.id, to=AssignmentState.FAILED, reason=reason):
+        assignment.refresh_from_db()
+        raise Conflict(f"This assignment is {assignment.state}; only open assignments can fail.")
+    schedule_request()
+    assignment.refresh_from_db()
+    return assignment
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    node: Node
+    revoked: list[UUID]
+    withdraw: bool = False
+
+
+def node_heartbeat(
+    *,
+    node: Node,
+    capabilities: dict[str, Any] | None,
+    free_slots: int,
+    accepting: bool = True,
+    running: list[UUID] | None = None,
+    progress: dict[UUID, tuple[int, int]] | None = None,
+) -> Heartbeat:
+    """Record that `node` is alive, with what it reports; extend the leases it is running. The reply names
+    the reported assignments it no longer holds (cancelled, expired), so the agent can stop them. `progress`
+    maps running assignments to (done, total) as their runners report it."""
+    if not 0 <= free_slots <= node.slots:
+        raise ValidationFailed({"free_slots": [f"Must be between 0 and the node's {node.slots} slots."]})
+    for assignment_id, (done, total) in (progress or {}).items():
+        if assignment_id not in (running or []):
+            raise ValidationFailed({"progress": [f"Assignment {assignment_id} has progress but is not in running."]})
+        if total < 1 or not 0 <= done <= total:
+            raise ValidationFailed({"progress": [f"Assignment {assignment_id}: need 0 ≤ done ≤ total and total ≥ 1."]})
+    now = timezone.now()
+    updates: dict[str, Any] = {"last_heartbeat": now, "accepting": accepting}
+    if capabilities is not None:
+        updates["capabilities"] = capabilities
+    Node.objects.filter(id=node.id).update(**updates)
+    revoked = dispatch.leases_extend(node=node, assignment_ids=running or [], progress=progress)
+    # Told once: the request is cleared by the heartbeat that carries it.
+    withdraw = bool(
+        Node.objects.filter(id=node.id, withdraw_requested_at__isnull=False).update(withdraw_requested_at=None)
+    )
+    node.refresh_from_db()
+    if accepting and free_slots > 0:
+        schedule_request()
+    return Heartbeat(node=node, revoked=revoked, withdraw=withdraw)

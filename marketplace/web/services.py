@@ -1,0 +1,65 @@
+"""Writes the dashboard makes itself: a user's API token, a wallet linked by its signature, dev funding, withdrawals."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from django.core.management import call_command
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from marketplace.core.exceptions import Conflict
+from marketplace.jobs import services as job_services
+from marketplace.jobs.models import Job
+from marketplace.nodes.models import Node
+from marketplace.web.models import Profile
+
+logger = logging.getLogger(__name__)
+
+
+class WalletTaken(Conflict):
+    """The wallet is linked to another account (a wallet belongs to one account)."""
+
+
+def api_token_get_or_create(*, user: Any) -> str:
+    """The user's REST API token (the dashboard shows it for the API and `nodeagent enroll`)."""
+    token, _ = Token.objects.get_or_create(user=user)
+    return str(token.key)
+
+
+@transaction.atomic
+def wallet_link(*, user: Any, address: str) -> Profile:
+    """Link `address` (already proven by a SIWE signature) to the user, replacing any wallet linked before."""
+    if Profile.objects.filter(wallet_address=address).exclude(user=user).exists():
+        raise WalletTaken("This wallet is linked to another account.")
+    try:
+        # A savepoint: the unique constraint still decides a race between two accounts linking the same wallet.
+        with transaction.atomic():
+            profile, _ = Profile.objects.update_or_create(
+                user=user, defaults={"wallet_address": address, "wallet_linked_at": timezone.now()}
+            )
+    except IntegrityError:
+        raise WalletTaken("This wallet is linked to another account.") from None
+    logger.info("user %s linked wallet %s", user.pk, address)
+    return profile
+
+
+def job_fund_from_dev_account(*, job: Job, actor: Any, on_local_chain: bool) -> str:
+    """Fund a draft job without the poster's wallet; returns what happened, in words. On a local chain a dev
+    account funds the escrow (as `chain fund-dev`, so the chain watcher starts the job); without a chain the
+    jobs service marks it funded (refused unless dev funding is on or the actor is staff)."""
+    if on_local_chain:
+        out = io.StringIO()
+        call_command("chain", "fund-dev", str(job.id), stdout=out)
+        return out.getvalue().strip()
+    job_services.job_fund_dev(job_id=job.id, actor=actor)
+    return "Funded by the dev service; the job starts in a moment."
+
+
+def node_withdraw_request(*, node: Node) -> None:
+    """Ask the node to withdraw its escrow credit: its agent does it at its next heartbeat, with its own key."""
+    Node.objects.filter(id=node.id).update(withdraw_requested_at=timezone.now())
+    logger.info("withdrawal requested for node %s", node.id)
