@@ -82,9 +82,11 @@ flower: install
 	if [ -z "$$url" ]; then echo "No Redis to watch: set REDIS_URL, or start \`make demo\` first (its embedded Redis)."; exit 1; fi; \
 	REDIS_URL="$$url" $(PY) -m celery -A marketplace flower --address=127.0.0.1 --port=5555
 
+# ruff, then the architecture's import contracts (pyproject.toml, [tool.importlinter]).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -31,14 +31,9 @@ COMPRESSIONS = ("none", "fp16", "int8", "topk", "powersgd")
 MAGIC = b"HWUP"
 VERSION = 1
 ENCODINGS = ("dense", "fp16", "int8", "topk", "lowrank")
-# Which layer encodings each method may use (dense is every method's fallback).
-ALLOWED = {
-    "none": {"dense"},
-    "fp16": {"dense", "fp16"},
-    "int8": {"dense", "int8"},
-    "topk": {"dense", "topk"},
-    "powersgd": {"dense", "lowrank"},
-}
+# Which layer encodings each method may use: its own (COMPRESSIONS[i] encodes as ENCODINGS[i]) and dense, every
+# method's fallback.
+ALLOWED = {method: {"dense", own} for method, own in zip(COMPRESSIONS, ENCODINGS, strict=True)}
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 HEADER_BYTES = 4 + 1 + 1 + 4
 # Bounds for untrusted payloads: a ResNet-18 has 62 layers and 11.2 M elements.

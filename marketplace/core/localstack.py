@@ -17,7 +17,7 @@ import requests
 from contracts import devchain
 from contracts.connection import connect
 from contracts.deploy import Deployment, deploy, load_deployment
-from contracts.errors import ChainError
+from contracts.errors import ChainError, DevChainError
 from contracts.sender import Sender
 from marketplace.core import embedded_redis
 from marketplace.core.processes import Supervisor
@@ -94,7 +94,7 @@ class LocalStack:
                 state_file=self.var_dir / "chain" / "anvil-state.json",
                 log_file=self.var_dir / "logs" / "anvil.log",
             )
-        except devchain.DevChainError as exc:
+        except DevChainError as exc:
             raise LocalStackError(str(exc)) from None
         self.env["ETH_RPC_URL"] = self.chain.url
         return self.chain

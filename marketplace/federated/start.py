@@ -19,6 +19,7 @@ from marketplace.federated.models import TrainData, TrainRound
 from marketplace.federated.spec import TrainSpec
 from marketplace.jobs.kinds import TaskPlan
 from marketplace.jobs.models import Assignment, Job, JobAsset, JobOutput, Task
+from protocol import TrainHyper, TrainPayload
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,18 @@ def round_plans(job: Job, spec: TrainSpec, data: TrainData, index: int) -> list[
     ram_mb = 1500 if spec.model == "smallcnn" else 3000
     return [
         TaskPlan(
-            payload={
-                "job_id": str(job.id),
-                "round": index,
-                "participant": p,
-                "model": spec.model,
-                "num_classes": len(data.classes),
-                "image_size": spec.image_size,
-                "local_steps": spec.local_steps,
-                "hyper": {"batch_size": spec.batch_size, "optimizer": spec.optimizer, "lr": spec.learning_rate},
-                "compression": spec.compression.model_dump(mode="json"),
-                "seed": seed_of(spec, index, p),
-            },
+            payload=TrainPayload(
+                job_id=str(job.id),
+                round=index,
+                participant=p,
+                model=spec.model,
+                num_classes=len(data.classes),
+                image_size=spec.image_size,
+                local_steps=spec.local_steps,
+                hyper=TrainHyper(batch_size=spec.batch_size, optimizer=spec.optimizer, lr=spec.learning_rate),
+                compression=spec.compression.model_dump(mode="json"),
+                seed=seed_of(spec, index, p),
+            ).to_json(),
             requirements={"gpus": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": ["torch"]},
             group=index,
         )

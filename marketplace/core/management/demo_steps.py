@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from contracts import devchain
 from contracts.connection import connect
 from contracts.deploy import load_deployment
 from contracts.sender import Sender
-from marketplace.core.localstack import LocalStackError, wait_until
+from marketplace.celery import use_broker
+from marketplace.core.localstack import LocalStack, LocalStackError, wait_until
 from marketplace.core.money import tokens_format
+from marketplace.core.ports import free_port, port_is_free
 from marketplace.core.processes import Supervisor
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job, JobOutput, JobState
@@ -34,10 +37,63 @@ from marketplace.payments.services import reconcile
 
 Say = Callable[[str], None]
 
+DEMO_AGENTS = 2
 DEMO_POSTER = "demo-poster"
 DEMO_OPERATOR = "demo-operator"
 # The demo users log in to the dashboard with this password (local demo only).
 DEMO_PASSWORD = "hashwork-demo"  # noqa: S105 - printed by the demo for its local, throwaway users
+
+
+def demo_start(stack: LocalStack, *, port: int, timeout: float, say: Say) -> tuple[str, str, dict[str, Any]]:
+    """Redis, the chain and its contracts, the database, the services and DEMO_AGENTS fresh nodes; returns the base
+    URL, the demo poster's API token and the figures of it all."""
+    if settings.REDIS_IS_EMBEDDED:
+        server, started = stack.redis_start()
+        how = "started" if started else "reusing the one already running,"
+        say(f"Redis: embedded Valkey {how} on 127.0.0.1:{server.port} (data in {server.directory})")
+        # This process talks to Redis too (the broker, ACL users of replaced demo nodes): point it there.
+        settings.REDIS_URL = server.url
+    else:
+        say(f"Redis: {settings.REDIS_URL.split('@')[-1]} (REDIS_URL)")
+        stack.env["REDIS_URL"] = settings.REDIS_URL
+    use_broker(settings.REDIS_URL)
+    if settings.ETH_RPC_URL:
+        stack.env["ETH_RPC_URL"] = settings.ETH_RPC_URL
+    else:  # this process funds and settles too (`chain fund-dev` in-process): it reads the settings
+        settings.ETH_RPC_URL = stack.chain_start().url
+    dep = stack.contracts_ensure()
+    rpc = "Anvil" if stack.chain else settings.ETH_RPC_URL
+    say(f"Chain: {rpc} (chain {dep.chain_id}), escrow {dep.escrow}")
+    call_command("migrate", interactive=False, verbosity=0)
+    if not port_is_free(port):
+        port, taken = free_port(), port
+        say(f"Port {taken} is taken; using {port} instead (choose one with --port).")
+    engine, db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1], settings.DATABASES["default"]["NAME"]
+    say(f"Database: {engine} {db}")
+    base_url = stack.start_services(port=port, web_workers=2)
+    say(f"Starting the web server on {base_url}, the marketplace and settlement workers and beat…")
+    stack.web_wait(base_url, timeout=timeout)
+    token, operator_token = demo_user(DEMO_POSTER), demo_user(DEMO_OPERATOR)
+    for old in Node.objects.filter(operator__username=DEMO_OPERATOR, is_active=True):
+        node_deactivate(node_id=old.id, reason="replaced by a new demo run")
+    run_tag = uuid.uuid4().hex[:6]
+    nodes = [f"demo-{n}-{run_tag}" for n in range(1, DEMO_AGENTS + 1)]
+    for n, name in enumerate(nodes, start=1):
+        config = settings.VAR_DIR / "agents" / f"agent-{n}.json"
+        stack.agent_enroll(config, base_url=base_url, token=operator_token, name=name, force=True, timeout=timeout)
+        stack.agent_start(f"agent-{n}", config, heartbeat_seconds=2)
+    say(f"Enrolled and started {DEMO_AGENTS} local nodes (nodeagent enroll + nodeagent run).")
+    return (
+        base_url,
+        token,
+        {
+            "redis": {"embedded": settings.REDIS_IS_EMBEDDED, "started": stack.redis is not None},
+            "chain": {"rpc": rpc, "chain_id": dep.chain_id, "escrow": dep.escrow},
+            "database": {"engine": engine, "name": str(db)},
+            "port": port,
+            "nodes": nodes,
+        },
+    )
 
 
 def demo_user(username: str) -> str:
@@ -50,12 +106,6 @@ def demo_user(username: str) -> str:
         user.save(update_fields=["password"])
     token, _ = Token.objects.get_or_create(user=user)
     return str(token.key)
-
-
-def demo_nodes_retire() -> None:
-    """Deactivate the nodes of earlier demo runs, so that only this run's agents get work."""
-    for old in Node.objects.filter(operator__username=DEMO_OPERATOR, is_active=True):
-        node_deactivate(node_id=old.id, reason="replaced by a new demo run")
 
 
 def job_fund(job_id: UUID, supervisor: Supervisor, timeout: float, say: Say) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from marketplace.jobs.kinds.base import ReplicatedKind, TaskPlan
+from protocol import BenchmarkPayload
 
 MAX_MATRIX_SIZE = 4096
 
@@ -41,7 +42,7 @@ class BenchmarkKind(ReplicatedKind[str]):
         requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": []}
         return [
             TaskPlan(
-                payload={"matrix_size": spec.matrix_size, "seed": spec.seed, "index": i},
+                payload=BenchmarkPayload(matrix_size=spec.matrix_size, seed=spec.seed, index=i).to_json(),
                 requirements=requirements,
             )
             for i in range(spec.tasks)

@@ -17,6 +17,7 @@ from django.conf import settings
 from marketplace.core.exceptions import ValidationFailed
 from marketplace.core.queues import TaskName
 from marketplace.jobs.kinds.base import SpotCheckedKind, TaskPlan
+from protocol import RenderPayload
 
 MAX_CHUNK_SIZE = 256
 MAX_UNPACKED_BYTES = 2 * 2**30
@@ -135,7 +136,9 @@ class RenderKind(SpotCheckedKind[Path]):
         requirements = {"gpus": 0, "min_vram_mb": 0, "cpu_cores": 1, "ram_mb": ram_mb, "software": ["bpy"]}
         return [
             TaskPlan(
-                payload={"spec": spec.scene, "start": start, "count": min(spec.chunk_size, spec.images - start)},
+                payload=RenderPayload(
+                    spec=spec.scene, start=start, count=min(spec.chunk_size, spec.images - start)
+                ).to_json(),
                 requirements=requirements,
             )
             for start in range(0, spec.images, spec.chunk_size)

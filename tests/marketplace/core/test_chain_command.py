@@ -9,7 +9,6 @@ import os
 import secrets
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from web3 import Web3
 from contracts import devchain
 from contracts.connection import connect
 from contracts.deploy import load_deployment
+from marketplace.core.ports import free_port
 
 REMOTE_CHAIN_ID = 11155111  # Sepolia's id, served by a local Anvil: a chain the command must treat as not local
 SOMEONE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -216,7 +216,7 @@ def test_serve_runs_the_projects_anvil_on_the_port_given_until_sigterm(tmp_path:
     env = {k: v for k, v in os.environ.items() if k not in {"ETH_RPC_URL", "DATABASE_URL"}}
     env["HASHWORK_VAR_DIR"] = str(tmp_path)
     manage = Path(django_settings.BASE_DIR) / "manage.py"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(manage), "chain", "serve", "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -234,13 +234,6 @@ def test_serve_runs_the_projects_anvil_on_the_port_given_until_sigterm(tmp_path:
     assert "Stopped the project's Anvil; its state is saved." in output
     assert (tmp_path / "chain" / "anvil-state.json").stat().st_size > 0
     assert _lock_is_free(tmp_path / "chain" / "anvil-state.json")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_for_url(process: subprocess.Popen[bytes], *, timeout: float) -> str:

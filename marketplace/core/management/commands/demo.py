@@ -6,25 +6,19 @@ import json
 import logging
 import signal
 import time
-import uuid
 from dataclasses import asdict
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from marketplace.celery import use_broker
 from marketplace.core.localstack import LocalStack, LocalStackError, PosterClient
 from marketplace.core.management import demo_steps as steps
 from marketplace.core.management.demo_steps import DEMO_OPERATOR, DEMO_PASSWORD, DEMO_POSTER
 from marketplace.core.money import tokens_format
-from marketplace.core.ports import free_port, port_is_free
 from marketplace.core.processes import ChildDied
-from marketplace.core.samples import SAMPLE_RENDER_JOB, sample_train_job
-
-DEMO_AGENTS = 2
+from marketplace.core.samples import SAMPLE_RENDER_JOB, SAMPLE_TRAIN_SPEC, sample_train_job
 
 
 class _Stop(Exception):
@@ -41,9 +35,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--headless", action="store_true", help="Exit 0 once the sample jobs have completed.")
-        parser.add_argument("--no-train", action="store_true", help="Stop after the render job (skip the train job).")
-        parser.add_argument("--port", type=int, default=8000, help="Web server port (default 8000; else a free one).")
-        parser.add_argument("--timeout", type=float, default=120.0, help="Seconds to wait for each step.")
+        parser.add_argument(
+            "--no-train", action="store_true", help="Stop after the render job (skip the train job on its dataset)."
+        )
+        parser.add_argument(
+            "--port", type=int, default=8000, help="Web server port (default 8000; a free one if it is taken)."
+        )
+        parser.add_argument(
+            "--timeout", type=float, default=120.0, help="Seconds to wait for each step before giving up."
+        )
 
     def say(self, message: str, style: Any = None) -> None:
         self.stdout.write(style(message) if style else message)
@@ -65,12 +65,13 @@ class Command(BaseCommand):
         # The demo speaks for itself on stdout; the services' own logs go to var/logs/.
         logging.getLogger("marketplace").setLevel(logging.WARNING)
         try:
-            base_url, token = self._start(port)
+            base_url, token, started = steps.demo_start(self.stack, port=port, timeout=self.timeout, say=self.say)
+            self.summary.update(started)
             poster = PosterClient(base_url, token)
             render = self._render(poster)
             train = None if no_train else self._train(poster, render)
+            self.say("")
             for line in (
-                "",
                 f"  Dashboard    {base_url}/  (API docs: {base_url}/api/docs/)",
                 f"  Log in as    {DEMO_POSTER} / {DEMO_PASSWORD} (jobs) or {DEMO_OPERATOR} / {DEMO_PASSWORD} (nodes)",
                 f"  API token    {token}   (user {DEMO_POSTER})",
@@ -82,8 +83,12 @@ class Command(BaseCommand):
             self.say(f"  Logs: {self.stack.supervisor.log_dir}")
             paid = [self.summary[job]["settlement"] for job in ("render", "train") if job in self.summary]
             accuracy = self.summary["train"]["final_accuracy"] if train else None
-            totals = {"images_rendered": SAMPLE_RENDER_JOB["spec"]["images"], "final_accuracy": accuracy,
-                      "paid": sum(s["paid"] for s in paid), "refunded": sum(s["refunded"] for s in paid)}  # fmt: skip
+            totals = {
+                "images_rendered": SAMPLE_RENDER_JOB["spec"]["images"],
+                "final_accuracy": accuracy,
+                "paid": sum(s["paid"] for s in paid),
+                "refunded": sum(s["refunded"] for s in paid),
+            }
             self.summary.update(completed=True, dashboard_url=f"{base_url}/", totals=totals)
             self._write_summary()
             if headless:
@@ -118,51 +123,6 @@ class Command(BaseCommand):
             )
             self._write_summary()
 
-    def _start(self, port: int) -> tuple[str, str]:
-        """Redis, the chain, the database, the services, the nodes; returns the base URL and the poster's token."""
-        if settings.REDIS_IS_EMBEDDED:
-            server, started = self.stack.redis_start()
-            how = "started" if started else "reusing the one already running,"
-            self.say(f"Redis: embedded Valkey {how} on 127.0.0.1:{server.port} (data in {server.directory})")
-            # This process talks to Redis too (the broker, ACL users of replaced demo nodes): point it there.
-            settings.REDIS_URL = server.url
-        else:
-            self.say(f"Redis: {settings.REDIS_URL.split('@')[-1]} (REDIS_URL)")
-            self.stack.env["REDIS_URL"] = settings.REDIS_URL
-        use_broker(settings.REDIS_URL)
-        if settings.ETH_RPC_URL:
-            self.stack.env["ETH_RPC_URL"] = settings.ETH_RPC_URL
-        else:  # the in-process `chain fund-dev` and settlement checks read it from the settings
-            settings.ETH_RPC_URL = self.stack.chain_start().url
-        dep = self.stack.contracts_ensure()
-        rpc = "Anvil" if self.stack.chain else settings.ETH_RPC_URL
-        self.say(f"Chain: {rpc} (chain {dep.chain_id}), escrow {dep.escrow}")
-        call_command("migrate", interactive=False, verbosity=0)
-        if not port_is_free(port):
-            port, taken = free_port(), port
-            self.say(f"Port {taken} is taken; using {port} instead (choose one with --port).")
-        engine, db = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1], settings.DATABASES["default"]["NAME"]
-        self.say(f"Database: {engine} {db}")
-        base_url = self.stack.start_services(port=port, web_workers=2)
-        self.say(f"Starting the web server on {base_url}, the marketplace and settlement workers and beat…")
-        self.stack.web_wait(base_url, timeout=self.timeout)
-        token, operator_token = steps.demo_user(DEMO_POSTER), steps.demo_user(DEMO_OPERATOR)
-        steps.demo_nodes_retire()
-        run_tag = uuid.uuid4().hex[:6]
-        nodes = [f"demo-{n}-{run_tag}" for n in range(1, DEMO_AGENTS + 1)]
-        for n, name in enumerate(nodes, start=1):
-            config = settings.VAR_DIR / "agents" / f"agent-{n}.json"
-            self.stack.agent_enroll(config, base_url=base_url, token=operator_token, name=name, force=True)
-            self.stack.agent_start(f"agent-{n}", config, heartbeat_seconds=2)
-        self.say(f"Enrolled and started {DEMO_AGENTS} local nodes (nodeagent enroll + nodeagent run).")
-        self.summary.update(
-            redis={"embedded": settings.REDIS_IS_EMBEDDED, "started": self.stack.redis is not None},
-            chain={"rpc": rpc, "chain_id": dep.chain_id, "escrow": dep.escrow},
-            database={"engine": engine, "name": str(db)},
-            nodes=nodes,
-        )
-        return base_url, token
-
     def _render(self, poster: PosterClient) -> UUID:
         """The render job: posted, funded, followed until verified, paid and refunded; its dataset downloaded."""
         job = poster.job_create(SAMPLE_RENDER_JOB)
@@ -174,7 +134,7 @@ class Command(BaseCommand):
         job_id = UUID(job["id"])
         record = self._fund(job, images=job["spec"]["images"], tasks=job["task_count"], replication=job["replication"])
         chunks = steps.render_follow(job_id, self.stack.supervisor, self.timeout, self.say, tty=self.stdout.isatty())
-        record.update(progress=asdict(chunks), state="completed", replicas_per_node=steps.replicas_per_node(job_id))
+        record.update(progress=asdict(chunks), replicas_per_node=steps.replicas_per_node(job_id))
         spread = ", ".join(f"{name}: {n}" for name, n in record["replicas_per_node"].items())
         self.say(f"The job is completed: every chunk's replicas agreed ({spread}).")
         self._settle(job_id, record)
@@ -187,6 +147,7 @@ class Command(BaseCommand):
             + (f"; a labeled preview is in {preview}" if drawn else "")
         )
         record["dataset"] = {**dataset, "path": str(path), "preview": str(preview) if drawn else None}
+        record["state"] = poster.job(str(job_id))["state"]
         return job_id
 
     def _train(self, poster: PosterClient, render_id: UUID) -> UUID:
@@ -201,16 +162,15 @@ class Command(BaseCommand):
         job_id = UUID(job["id"])
         record = self._fund(job, model=spec["model"], rounds=spec["rounds"], participants=spec["participants"])
         data, rounds = steps.train_follow(
-            job_id, self.stack.supervisor, self.timeout, self.say, tty=self.stdout.isatty(), rounds=spec["rounds"],
-            round_deadline=spec["round_deadline_seconds"],
+            job_id, self.stack.supervisor, self.timeout, self.say, tty=self.stdout.isatty(),
+            rounds=SAMPLE_TRAIN_SPEC["rounds"], round_deadline=SAMPLE_TRAIN_SPEC["round_deadline_seconds"],
         )  # fmt: skip
         record.update(data=asdict(data) if data else None, rounds_closed=[asdict(r) for r in rounds])
         record["final_accuracy"], record["state_reason"] = steps.train_outcome(job_id)
-        record["state"] = "completed"
         self.say(f"The train job is completed ({record['state_reason']}).")
         self._settle(job_id, record)
         model = poster.output_download(str(job_id), settings.VAR_DIR / "demo-model.zip")
-        record["model"] = str(model)
+        record.update(state=poster.job(str(job_id))["state"], model_path=str(model))
         self.say(f"Model: {model} (model.safetensors + model_card.json); try `python -m training predict`.")
         return job_id
 
