@@ -18,6 +18,9 @@ from contracts.bindings import ComputeToken, JobEscrow
 from contracts.errors import ChainError, DeploymentNotFound
 from contracts.sender import Sender
 
+# The treasury's fee on each payout, in basis points, when a deployment does not choose one (2.5 %).
+DEFAULT_FEE_BPS = 250
+
 
 @dataclass(frozen=True)
 class Deployment:

@@ -8,10 +8,10 @@ import logging
 import re
 import socket
 import sys
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from contracts.units import tokens_format, tokens_parse
 from nodeagent import config as agent_config
 from nodeagent import probe
 from nodeagent.client import ApiError, MarketplaceClient
@@ -140,11 +140,9 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     print(f"  online: {'yes' if node['is_online'] else 'no'}; locally {local}")
     print(f"  accepted {node['valid_count']}, rejected {node['invalid_count']}, expired {node['expired_count']}")
     credit = earnings["credit"]
-    credit_text = f"{_tokens(int(credit))} HWC withdrawable" if credit is not None else "credit unknown (no chain)"
-    print(
-        f"  earned {_tokens(int(earnings['settled']))} HWC settled, {_tokens(int(earnings['pending']))} HWC pending; "
-        f"{credit_text} to {cfg.wallet_address}"
-    )
+    credit_text = "credit unknown (no chain)" if credit is None else f"{tokens_format(int(credit))} HWC withdrawable"
+    settled, pending = tokens_format(int(earnings["settled"])), tokens_format(int(earnings["pending"]))
+    print(f"  earned {settled} HWC settled, {pending} HWC pending; {credit_text} to {cfg.wallet_address}")
     current = [a for a in assignments if a["state"] in ("leased", "running")]
     print(f"  current assignments: {len(current)}")
     print("  recent assignments:" if assignments else "  no assignments yet")
@@ -155,20 +153,14 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     return 0
 
 
-def _tokens(base_units: int) -> str:
-    whole, fraction = divmod(base_units, 10**18)
-    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")
-
-
 def _amount(raw: str) -> int:
     try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        raise CliError(f"AMOUNT {raw!r} is not a number of tokens (for example 12.5).") from None
-    base = value * 10**18
-    if not value.is_finite() or value <= 0 or base != base.to_integral_value():
-        raise CliError(f"AMOUNT {raw!r} must be a positive number of tokens with at most 18 decimals.")
-    return int(base)
+        base = tokens_parse(raw)
+    except ValueError as exc:
+        raise CliError(f"AMOUNT: {exc}; give a positive number of tokens, for example 12.5.") from None
+    if base <= 0:
+        raise CliError(f"AMOUNT {raw!r} must be a positive number of tokens (for example 12.5).")
+    return base
 
 
 def cmd_withdraw(args: argparse.Namespace, path: Path) -> int:

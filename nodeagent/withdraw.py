@@ -3,6 +3,7 @@ node). Used by `nodeagent withdraw` and by the daemon when its operator asks fro
 
 from __future__ import annotations
 
+from contracts.units import tokens_format
 from nodeagent.client import ApiError, MarketplaceClient
 from nodeagent.config import AgentConfig
 from nodeagent.retry import TransientError
@@ -10,11 +11,6 @@ from nodeagent.retry import TransientError
 
 class WithdrawError(Exception):
     """Why nothing was withdrawn, in words for the operator."""
-
-
-def tokens(base_units: int) -> str:
-    whole, fraction = divmod(base_units, 10**18)
-    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")
 
 
 def withdraw(cfg: AgentConfig, amount: int | None = None, rpc_url: str | None = None) -> str:
@@ -38,7 +34,9 @@ def withdraw(cfg: AgentConfig, amount: int | None = None, rpc_url: str | None = 
             raise WithdrawError(f"{cfg.wallet_address} has no credit in the escrow yet: nothing to withdraw.")
         wanted = credit if amount is None else amount
         if wanted > credit:
-            raise WithdrawError(f"You asked for {tokens(wanted)} HWC but the credit is {tokens(credit)} HWC.")
+            raise WithdrawError(
+                f"You asked for {tokens_format(wanted)} HWC but the credit is {tokens_format(credit)} HWC."
+            )
         if w3.eth.get_balance(w3.to_checksum_address(cfg.wallet_address)) == 0:
             raise WithdrawError(
                 f"{cfg.wallet_address} has no ETH to pay gas on chain {info['chain_id']}: send it a little."
@@ -47,4 +45,4 @@ def withdraw(cfg: AgentConfig, amount: int | None = None, rpc_url: str | None = 
     except ChainError as exc:
         raise WithdrawError(f"The withdrawal failed: {exc}") from exc
     tx = "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
-    return f"Withdrew {tokens(wanted)} HWC to {cfg.wallet_address} (tx {tx})."
+    return f"Withdrew {tokens_format(wanted)} HWC to {cfg.wallet_address} (tx {tx})."

@@ -1,4 +1,4 @@
-"""Writes for nodes: enrolment and deactivation (heartbeats extend leases: marketplace.jobs.services)."""
+"""Writes for nodes: enrolment, deactivation, withdrawal requests (heartbeats: marketplace.jobs.services)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from marketplace.core import hooks
 from marketplace.core.exceptions import ValidationFailed
@@ -106,3 +107,9 @@ def node_deactivate(*, node_id: Any, reason: str) -> bool:
     broker.broker_user_delete(username=node.broker_username)
     logger.info("node %s deactivated: %s", node_id, reason)
     return True
+
+
+def node_withdraw_request(*, node: Node) -> None:
+    """Ask the node to withdraw its escrow credit: its agent does it at its next heartbeat, with its own key."""
+    Node.objects.filter(id=node.id).update(withdraw_requested_at=timezone.now())
+    logger.info("withdrawal requested for node %s", node.id)

@@ -38,10 +38,16 @@ def fee_of(amount: int, fee_bps: int) -> int:
     return amount * fee_bps // 10_000
 
 
+def funding_for(*, price_per_replica: int, replicas: int, fee_bps: int) -> int:
+    """Tokens `replicas` paid replicas cost in escrow: each one's price plus the fee the contract takes on it."""
+    return replicas * (price_per_replica + fee_of(price_per_replica, fee_bps))
+
+
 def funding_required(*, job: Job, fee_bps: int) -> int:
     """Tokens a job must hold in escrow before it runs: every replica's price plus the fee on it."""
-    replicas = job.task_count * job.replication
-    return replicas * (job.price_per_replica + fee_of(job.price_per_replica, fee_bps))
+    return funding_for(
+        price_per_replica=job.price_per_replica, replicas=job.task_count * job.replication, fee_bps=fee_bps
+    )
 
 
 def job_from_key(raw: bytes) -> UUID | None:

@@ -14,6 +14,7 @@ from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from marketplace.core.money import tokens_format, tokens_parse
 from marketplace.core.samples import PRODUCTS, catalog
 from marketplace.jobs.models import Job
+from marketplace.payments.services import funding_for
 from marketplace.web import selectors
 
 # Form field for each spec path the jobs service may name in an error.
@@ -85,12 +86,15 @@ class JobForm(forms.Form):
         replication = int(self.cleaned_data.get("replication") or 1)
         base = self.price_base_units() * self.tasks() * replication
         fee = selectors.escrow_fee()
+        total = funding_for(
+            price_per_replica=self.price_base_units(), replicas=self.tasks() * replication, fee_bps=fee.bps
+        )
         rate = f"{fee.bps / 100:g} % fee"
         if not fee.read:
             rate += " (the default rate: no chain answered with the escrow's)"
         text = (
             f"{self.tasks()} tasks × {replication} replica(s) × {tokens_format(self.price_base_units())} HWC = "
-            f"{tokens_format(base)} HWC + {rate} = {tokens_format(base + base * fee.bps // 10_000)} HWC"
+            f"{tokens_format(base)} HWC + {rate} = {tokens_format(total)} HWC"
         )
         seconds = self.seconds()
         if seconds is not None:

@@ -15,8 +15,8 @@ from django.utils import timezone
 from web3.exceptions import Web3Exception
 
 from contracts import devchain
+from contracts.deploy import DEFAULT_FEE_BPS
 from contracts.errors import ChainError
-from marketplace.core.management.commands.chain import DEFAULT_FEE_BPS
 from marketplace.core.money import tokens_format
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.jobs import selectors as job_selectors
@@ -26,6 +26,7 @@ from marketplace.nodes.selectors import nodes_online
 from marketplace.payments import chain
 from marketplace.payments import selectors as payment_selectors
 from marketplace.payments.models import EntryKind, LedgerEntry, Payout, PayoutState
+from marketplace.payments.services import funding_required
 from marketplace.web.models import Profile
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def job_funding(*, job: Job) -> dict[str, Any] | None:
     except Exception as exc:  # whatever the chain did, the page shows it instead of failing
         info["chain_problem"] = f"{type(exc).__name__}: {exc}"
         return info
-    total = job.quote + job.quote * fee_bps // 10_000
+    total = funding_required(job=job, fee_bps=fee_bps)
     info.update(
         escrow=dep.escrow,
         token=dep.token,

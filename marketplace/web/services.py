@@ -1,4 +1,4 @@
-"""Writes the dashboard makes itself: a user's API token, a wallet linked by its signature, dev funding, withdrawals."""
+"""Writes the dashboard makes itself: a user's API token, a wallet linked by its signature, dev funding."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from rest_framework.authtoken.models import Token
 from marketplace.core.exceptions import Conflict
 from marketplace.jobs import services as job_services
 from marketplace.jobs.models import Job
-from marketplace.nodes.models import Node
 from marketplace.web.models import Profile
 
 logger = logging.getLogger(__name__)
@@ -57,9 +56,3 @@ def job_fund_from_dev_account(*, job: Job, actor: Any, on_local_chain: bool) -> 
         return out.getvalue().strip()
     job_services.job_fund_dev(job_id=job.id, actor=actor)
     return "Funded by the dev service; the job starts in a moment."
-
-
-def node_withdraw_request(*, node: Node) -> None:
-    """Ask the node to withdraw its escrow credit: its agent does it at its next heartbeat, with its own key."""
-    Node.objects.filter(id=node.id).update(withdraw_requested_at=timezone.now())
-    logger.info("withdrawal requested for node %s", node.id)

@@ -1,4 +1,1 @@
-"""The dashboard's pages, by topic: accounts (sign-up, profile, wallet), jobs, nodes and the public network page.
-
-Thin: reads come from `web.selectors`, writes go through services (the jobs app's for jobs, so a job posted here is
-exactly a job posted through the API; `web.services` for what only the dashboard writes)."""
+"""The dashboard's pages by topic (accounts, jobs, nodes, network): reads from web.selectors, writes via services."""

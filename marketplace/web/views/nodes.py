@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from marketplace.nodes import services as node_services
 from marketplace.web import selectors, services
 
 
@@ -29,7 +30,7 @@ def node_list(request: HttpRequest) -> HttpResponse:
 def node_withdraw(request: HttpRequest, node_id: UUID) -> HttpResponse:
     """Ask the node to withdraw its escrow credit: its agent does it at its next heartbeat, with its own key."""
     node = selectors.node_get_for_operator(node_id=node_id, operator=request.user)
-    services.node_withdraw_request(node=node)
+    node_services.node_withdraw_request(node=node)
     when = "at its next heartbeat" if node.is_online else "when it is next online"
     messages.success(request, f"{node.name} will withdraw its credit to {node.wallet_address} {when}.")
     return redirect("web:nodes")

@@ -19,7 +19,7 @@ from web3 import Web3
 
 from contracts import devchain
 from contracts.connection import connect
-from contracts.deploy import Deployment, deploy, load_deployment
+from contracts.deploy import DEFAULT_FEE_BPS, Deployment, deploy, load_deployment
 from contracts.errors import ChainError
 from contracts.sender import Sender, parse_private_key
 from marketplace.core.money import tokens_format
@@ -29,7 +29,6 @@ from marketplace.payments.services import funding_required
 DEPLOYER_KEY_VARIABLE = "HASHWORK_DEPLOYER_KEY"
 DECIMALS = 18
 UNIT = 10**DECIMALS
-DEFAULT_FEE_BPS = 250
 LOCAL_CHAINS = ", ".join(str(chain_id) for chain_id in sorted(devchain.LOCAL_CHAIN_IDS))
 
 
