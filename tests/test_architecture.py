@@ -51,3 +51,15 @@ def test_every_hook_has_its_receiver_connected() -> None:
     assert hooks.assignment_accepted.receivers, "payments must connect the payout receiver"
     assert hooks.node_deactivated.receivers, "jobs must connect the work release receiver"
     assert set(hooks.job_kind_names()) == set(kinds.names())
+
+
+def test_every_marketplace_task_has_the_time_limits_of_its_queue() -> None:
+    from marketplace.celery import app
+    from marketplace.core.queues import CELERY_TASK_ROUTES, TIME_LIMITS, Queue, TaskName
+
+    app.loader.import_default_modules()
+    for name in TaskName:
+        task = app.tasks[name.value]
+        queue = Queue(CELERY_TASK_ROUTES[name.value]["queue"])
+        limits = TIME_LIMITS[queue]
+        assert (task.time_limit, task.soft_time_limit) == (limits["time_limit"], limits["soft_time_limit"]), name

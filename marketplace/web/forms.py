@@ -11,7 +11,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 
-from marketplace.core.money import tokens_format, tokens_parse
+from contracts.units import tokens_format, tokens_parse
 from marketplace.core.samples import PRODUCTS, catalog
 from marketplace.jobs.models import Job
 from marketplace.payments.services import funding_for

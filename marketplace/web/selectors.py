@@ -17,7 +17,7 @@ from web3.exceptions import Web3Exception
 from contracts import devchain
 from contracts.deploy import DEFAULT_FEE_BPS
 from contracts.errors import ChainError
-from marketplace.core.money import tokens_format
+from contracts.units import tokens_format
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.jobs import selectors as job_selectors
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result, Task, TaskState

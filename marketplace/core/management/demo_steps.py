@@ -23,9 +23,9 @@ from contracts import devchain
 from contracts.connection import connect
 from contracts.deploy import load_deployment
 from contracts.sender import Sender
+from contracts.units import tokens_format
 from marketplace.celery import use_broker
 from marketplace.core.localstack import LocalStack, LocalStackError, wait_until
-from marketplace.core.money import tokens_format
 from marketplace.core.ports import free_port, port_is_free
 from marketplace.core.processes import Supervisor
 from marketplace.federated.models import RoundState, TrainData, TrainRound

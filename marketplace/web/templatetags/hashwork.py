@@ -6,7 +6,7 @@ from typing import Any
 
 from django import template
 
-from marketplace.core.money import tokens_format
+from contracts.units import tokens_format
 
 register = template.Library()
 

@@ -11,8 +11,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from contracts.units import tokens_format
 from marketplace.core.exceptions import ValidationFailed
-from marketplace.core.money import tokens_format
 from marketplace.jobs import services as job_services
 from marketplace.web import forms, selectors, services
 

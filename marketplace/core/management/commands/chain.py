@@ -22,7 +22,7 @@ from contracts.connection import connect
 from contracts.deploy import DEFAULT_FEE_BPS, Deployment, deploy, load_deployment
 from contracts.errors import ChainError
 from contracts.sender import Sender, parse_private_key
-from marketplace.core.money import tokens_format
+from contracts.units import tokens_format
 from marketplace.jobs.models import Job, JobState
 from marketplace.payments.services import funding_required
 

@@ -13,10 +13,10 @@ from uuid import UUID
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from contracts.units import tokens_format
 from marketplace.core.localstack import LocalStack, LocalStackError, PosterClient
 from marketplace.core.management import demo_steps as steps
 from marketplace.core.management.demo_steps import DEMO_OPERATOR, DEMO_PASSWORD, DEMO_POSTER
-from marketplace.core.money import tokens_format
 from marketplace.core.processes import ChildDied
 from marketplace.core.samples import SAMPLE_RENDER_JOB, SAMPLE_TRAIN_SPEC, sample_train_job
 

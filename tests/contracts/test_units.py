@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marketplace.core.money import tokens_format, tokens_parse
+from contracts.units import tokens_format, tokens_parse
 
 UINT256_MAX = 2**256 - 1
 
