@@ -19,6 +19,7 @@ from marketplace.jobs.services import node_heartbeat
 from marketplace.nodes import services
 from marketplace.nodes.authentication import NodeApiView
 from marketplace.nodes.models import Node
+from protocol import PROTOCOL, UPGRADE
 
 
 class NodeEnrollInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -87,6 +88,11 @@ class ProgressSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    protocol = serializers.CharField(
+        required=False,
+        max_length=64,
+        help_text=f"The agent's protocol version ({PROTOCOL!r}); agents older than the versioned protocol omit it.",
+    )
     capabilities = serializers.DictField(required=False)
     free_slots = serializers.IntegerField(min_value=0)
     accepting = serializers.BooleanField(default=True, help_text="False while paused or too hot: lease nothing.")
@@ -99,6 +105,12 @@ class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type
         required=False,
         help_text='Progress of running assignments, by id: {"<assignment id>": {"done": 3, "total": 8}}.',
     )
+
+    def validate_protocol(self, value: str) -> str:
+        # An agent of another protocol version gets the way to upgrade, instead of messages it cannot read.
+        if value != PROTOCOL:
+            raise serializers.ValidationError(f"This marketplace speaks {PROTOCOL!r}, the agent {value!r}. {UPGRADE}")
+        return value
 
     def validate_progress(self, value: dict[str, dict[str, int]]) -> dict[UUID, tuple[int, int]]:
         if len(value) > 256:

@@ -60,3 +60,23 @@ def test_the_marketplace_takes_the_agents_heartbeat_and_the_agent_reads_its_repl
     # The node reported an assignment it does not hold: the marketplace tells it to stop it.
     assert reply.revoked == [stale]
     assert reply.withdraw is False
+
+
+@pytest.mark.django_db
+def test_an_agent_of_another_protocol_version_is_told_to_upgrade_and_nothing_is_recorded(node: Any) -> None:
+    before = node.node.last_heartbeat
+    body = {**Heartbeat(free_slots=1).to_json(), "protocol": "hashwork-protocol/0"}
+    response = node.client.post("/api/nodes/heartbeat/", body, format="json")
+    assert response.status_code == 400
+    message = response.json()["extra"]["fields"]["protocol"][0]
+    assert "hashwork-protocol/0" in message
+    assert "Upgrade the node agent" in message
+    node.node.refresh_from_db()
+    assert node.node.last_heartbeat == before
+
+
+@pytest.mark.django_db
+def test_an_agent_from_before_the_versioned_protocol_still_beats(node: Any) -> None:
+    body = {k: v for k, v in Heartbeat(free_slots=1).to_json().items() if k != "protocol"}
+    response = node.client.post("/api/nodes/heartbeat/", body, format="json")
+    assert response.status_code == 200, response.json()
