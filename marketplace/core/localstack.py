@@ -16,7 +16,7 @@ import requests
 
 from contracts import devchain
 from contracts.connection import connect
-from contracts.deploy import Deployment, deploy, load_deployment
+from contracts.deploy import DEFAULT_FEE_BPS, Deployment, deploy, load_deployment
 from contracts.errors import ChainError, DevChainError
 from contracts.sender import Sender
 from marketplace.core import embedded_redis
@@ -24,8 +24,6 @@ from marketplace.core.processes import Supervisor
 from marketplace.core.queues import MARKETPLACE_QUEUES, Queue
 
 ROOT = Path(__file__).resolve().parents[2]
-# The escrow's fee on the local chain, in basis points (2.5 %); the dev deployer takes it as the treasury's cut.
-LOCAL_FEE_BPS = 250
 
 
 class LocalStackError(RuntimeError):
@@ -121,7 +119,7 @@ class LocalStack:
             raise LocalStackError("No Hashwork contracts on the ETH_RPC_URL chain: run `manage.py chain deploy`.")
         keys = devchain.dev_keys()
         treasury = Sender(w3, keys[-1]).address
-        return deploy(w3, Sender(w3, keys[0]), treasury, LOCAL_FEE_BPS, deployments_file=self.deployments_file)
+        return deploy(w3, Sender(w3, keys[0]), treasury, DEFAULT_FEE_BPS, deployments_file=self.deployments_file)
 
     def start_services(self, *, port: int, web_workers: int, settlement: bool = True) -> str:
         """The web server on 127.0.0.1:`port`, a marketplace worker, the settlement worker and beat, in that order
