@@ -259,6 +259,15 @@ def round_close(*, job_id: UUID, index: int, why: str) -> str:
             if output is not None:
                 output.file.delete(save=False)
             return "already closed"
+        state = Job.objects.values_list("state", flat=True).get(id=job_id)
+        if state != JobState.RUNNING:
+            # Cancelled or expired while the round was judged: nothing of it is applied.
+            if output is not None:
+                output.file.delete(save=False)
+            TrainRound.objects.filter(id=rnd.id).update(
+                state=RoundState.CLOSED, closed_at=timezone.now(), close_reason=f"job {state}"
+            )
+            return f"job {state}"
         _apply(job=job, spec=spec, data=data, rnd=rnd, outcome=outcome, why=why)
         if output is not None:
             _finish(job=job, output=output, reason=outcome.finished)

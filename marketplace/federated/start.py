@@ -78,7 +78,11 @@ def weights_store(job: Job, index: int, state: dict[str, Any]) -> dict[str, Any]
 
     data = state_to_bytes(state)
     digest = hashlib.sha256(data).hexdigest()
-    return storage.put(f"training/{job.id}/round-{index:04d}-{digest[:16]}.safetensors", data)
+    name = f"training/{job.id}/round-{index:04d}-{digest[:16]}.safetensors"
+    if storage.exists(name):
+        # The same bytes, stored by a close that raced this one: rewriting them would only open a gap for readers.
+        return {"name": name, "sha256": digest, "size": len(data)}
+    return storage.put(name, data)
 
 
 def round_open(job: Job, spec: TrainSpec, index: int, stored: dict[str, Any]) -> TrainRound:

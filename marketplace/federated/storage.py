@@ -31,6 +31,10 @@ def put(name: str, data: bytes) -> dict[str, Any]:
     return {"name": saved, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
+def exists(name: str) -> bool:
+    return bool(default_storage.exists(name))
+
+
 def get(name: str) -> bytes:
     with default_storage.open(name, "rb") as handle:
         data: bytes = handle.read()
