@@ -102,7 +102,8 @@ def test_a_job_is_funded_on_chain_paid_per_accepted_replica_refunded_and_reconci
     assert "will withdraw its credit" in asked.text
     wait_for(lambda: escrow.credit_of(other) == 0, timeout=60, what="the dashboard's withdrawal")
     assert token.balance_of(other) == accepted[agents[1].node_id] * PRICE + 10**12
-    assert "Withdrew" in agents[1].log.read_text()
+    # The credit is 0 once the transaction is mined; the agent says so after its receipt poll returns.
+    wait_for(lambda: "Withdrew" in agents[1].log.read_text(), timeout=30, what="the agent's report of it")
     assert _reconciled(stack)
 
 
