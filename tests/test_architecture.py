@@ -63,3 +63,10 @@ def test_every_marketplace_task_has_the_time_limits_of_its_queue() -> None:
         queue = Queue(CELERY_TASK_ROUTES[name.value]["queue"])
         limits = TIME_LIMITS[queue]
         assert (task.time_limit, task.soft_time_limit) == (limits["time_limit"], limits["soft_time_limit"]), name
+
+
+def test_a_kind_that_cannot_parse_its_spec_is_refused_when_it_is_defined() -> None:
+    with pytest.raises(TypeError, match="needs a spec_model or its own parse"):
+
+        class _Unparseable(ReplicatedKind[str]):  # a kind with neither a schema nor a parser
+            name = "unparseable"

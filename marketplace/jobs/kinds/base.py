@@ -51,12 +51,18 @@ class Kind(ABC):
     # The Celery task run once a job of this kind has completed (with the job id), e.g. merge its chunks.
     on_complete: ClassVar[TaskName | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A concrete kind must be able to parse its spec: refused when the class is defined, not at the first job.
+        if "name" in cls.__dict__ and cls.spec_model is None and cls.parse is Kind.parse:
+            raise TypeError(f"the {cls.__dict__['name']} kind needs a spec_model or its own parse()")
+
     def parse(self, spec: dict[str, Any]) -> ParsedSpec:
         """The validated spec; ValidationFailed names each bad field as spec.<path>."""
-        if self.spec_model is None:
-            raise NotImplementedError(f"the {self.name} kind has neither a spec_model nor its own parse()")
+        model = self.spec_model
+        assert model is not None  # __init_subclass__ refused kinds without one (or with their own parse)
         try:
-            return self.spec_model.model_validate(spec)
+            return model.model_validate(spec)
         except ValidationError as exc:
             fields: dict[str, list[str]] = {}
             for error in exc.errors(include_url=False):

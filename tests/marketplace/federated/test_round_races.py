@@ -41,13 +41,17 @@ def _submitted(poster: Persona, operator: Persona, dataset: bytes, tmp: Path, **
     return job, list(_by_node(leased, nodes).items())
 
 
+def _deliver(owners: list[Any], tmp: Path) -> None:
+    for assignment_id, node in owners:
+        assert _run_node(node, assignment_id, tmp).status_code == 201
+        _verify(assignment_id)
+
+
 def test_a_job_cancelled_while_its_round_is_judged_pays_nothing_of_that_round(
     poster: Persona, operator: Persona, dataset: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job, owners = _submitted(poster, operator, dataset, tmp_path, rounds=2)
-    for assignment_id, node in owners:
-        assert _run_node(node, assignment_id, tmp_path).status_code == 201
-        _verify(assignment_id)
+    _deliver(owners, tmp_path)
     _during_judging(monkeypatch, lambda: services.job_cancel(job_id=job.id, poster=poster.user))
     assert rounds.round_close(job_id=job.id, index=0, why="quorum") == "job cancelled"
     assert not Payout.objects.filter(job=job).exists()
@@ -62,9 +66,7 @@ def test_an_update_that_arrives_while_the_round_is_judged_is_refused_as_late_and
 ) -> None:
     job, owners = _submitted(poster, operator, dataset, tmp_path, rounds=1, participants=3)
     (late_id, late_node), on_time = owners[0], owners[1:]
-    for assignment_id, node in on_time:
-        assert _run_node(node, assignment_id, tmp_path).status_code == 201
-        _verify(assignment_id)
+    _deliver(on_time, tmp_path)
     _during_judging(monkeypatch, lambda: _run_node(late_node, late_id, tmp_path))
     assert rounds.round_close(job_id=job.id, index=0, why="quorum") == "finished"
     late = Assignment.objects.get(id=late_id)
@@ -79,9 +81,7 @@ def test_two_closes_of_one_round_apply_its_verdict_once(
     poster: Persona, operator: Persona, dataset: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job, owners = _submitted(poster, operator, dataset, tmp_path, rounds=2)
-    for assignment_id, node in owners:
-        assert _run_node(node, assignment_id, tmp_path).status_code == 201
-        _verify(assignment_id)
+    _deliver(owners, tmp_path)
     judge = rounds._judge
     results: list[str] = []
 
