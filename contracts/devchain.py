@@ -1,7 +1,10 @@
 """A local Anvil chain for development and tests: started on a free port of 127.0.0.1, stopped on exit.
 
 `ETH_RPC_URL` points everything at another chain instead (the callers decide; see `rpc_url_or_start`).
-Anvil always runs with `--prune-history`: without it, it writes gigabytes of old states under ~/.foundry.
+Anvil always runs with `--prune-history`: without it, it writes gigabytes of old states under ~/.foundry. It keeps
+the last PRUNED_STATES states in memory: with none kept, a call on "latest" that races a newly mined block is
+answered `BlockOutOfRangeError: block height is N but requested was N-1` (seen on CI; about 1 call in 100 while
+transactions are mined back to back).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ LOCAL_CHAIN_IDS = frozenset({ANVIL_CHAIN_ID})
 # Anvil's well-known development mnemonic; its keys are public, so use them on local chains only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 DEV_ACCOUNTS = 10
+# States Anvil keeps in memory (--prune-history N): enough that "latest" never names a state already dropped.
+PRUNED_STATES = 64
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
 
@@ -167,7 +172,7 @@ def start(
         # A picked port is free when picked but could be taken before Anvil binds it: try a few.
         for _attempt in range(1 if port else 3):
             chosen = port or _free_port()
-            argv = [str(anvil), "--host", "127.0.0.1", "--port", str(chosen), "--prune-history"]
+            argv = [str(anvil), "--host", "127.0.0.1", "--port", str(chosen), "--prune-history", str(PRUNED_STATES)]
             argv += ["--chain-id", str(chain_id), "--accounts", str(DEV_ACCOUNTS), "--quiet"]
             if state_file is not None:
                 argv += ["--state", str(state_file)]

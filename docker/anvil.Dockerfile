@@ -31,5 +31,5 @@ EXPOSE 8545
 # Always --prune-history: without it Anvil writes gigabytes of old states to disk. --state loads the chain at start
 # and writes it back on SIGTERM, and --state-interval every 30 s, so a crash loses at most 30 s of blocks.
 ENTRYPOINT ["anvil"]
-CMD ["--host", "0.0.0.0", "--port", "8545", "--chain-id", "31337", "--accounts", "10", "--prune-history", \
+CMD ["--host", "0.0.0.0", "--port", "8545", "--chain-id", "31337", "--accounts", "10", "--prune-history", "64", \
      "--state", "/var/lib/anvil/state.json", "--state-interval", "30"]

@@ -188,4 +188,4 @@ def test_the_chain_image_runs_anvils_native_binary_at_the_pinned_version() -> No
     assert 'devDependencies["@foundry-rs/anvil"]' in runs
     last = {i.keyword: i.arguments for i in final_stage("anvil.Dockerfile")}
     assert last["ENTRYPOINT"] == '["anvil"]'
-    assert "--prune-history" in last["CMD"]
+    assert '"--prune-history", "64"' in last["CMD"]
