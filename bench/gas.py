@@ -3,8 +3,9 @@
     .venv/bin/python bench/gas.py            # starts its own Anvil (or uses ETH_RPC_URL); prints a Markdown table
 
 Release batches pay 1, 10, 100 and 500 payees, each either new to the escrow (their credit goes from zero to
-non-zero) or already credited. Payout indexes run on from batch to batch, as the marketplace numbers them. Gas
-comes from the receipts; it is deterministic, and each batch figure is the median of --repeats batches.
+non-zero) or already credited. Payout indexes run on from batch to batch, as the marketplace numbers them; jobs
+are funded with poster-bound ids and terms wide enough for every batch (MAX_PAYOUTS × MAX_PAYOUT). Gas comes from
+the receipts; it is deterministic, and each batch figure is the median of --repeats batches.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import secrets
 import statistics
 
 from web3 import Web3
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxReceipt
 
 from contracts import devchain
 from contracts.artifacts import load_artifact
-from contracts.bindings import JobEscrow, Payout
+from contracts.bindings import JobEscrow, Payout, escrow_job_id
 from contracts.connection import connect
 from contracts.deploy import deploy
 from contracts.sender import Sender
 
 TOKENS = 10**18
-AIM_PER_PAYOUT = 8_000
+AIM_PER_PAYOUT = 7_000
+# The benched jobs' terms: more payouts than all batches together, each far above the 1 token paid.
+MAX_PAYOUTS = 1_000_000
+MAX_PAYOUT = 1_000 * TOKENS
 BATCH_SIZES = (1, 10, 100, 500)
 
 
@@ -52,7 +56,7 @@ class Bench:
 
     def new_job_id(self) -> bytes:
         self.job_counter += 1
-        return self.job_counter.to_bytes(32, "big")
+        return escrow_job_id(self.poster.address, self.job_counter.to_bytes(12, "big"))
 
     def deadline(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"]) + 7 * 24 * 3600
@@ -79,11 +83,13 @@ class Bench:
         poster_token = self.token.connect(self.poster)
         self.record("approve", self.gas(poster_token.approve(self.escrow.address, 10**12 * TOKENS)))
         job = self.new_job_id()
-        self.record("fund (new job)", self.gas(escrow_as(self.poster).fund(job, 10**11 * TOKENS, self.deadline())))
-        self.record("fund (top-up)", self.gas(escrow_as(self.poster).fund(job, TOKENS, self.deadline())))
+        poster = escrow_as(self.poster)
+        terms = {"max_payouts": MAX_PAYOUTS, "max_payout": MAX_PAYOUT}
+        self.record("fund (new job)", self.gas(poster.fund(job, 10**11 * TOKENS, self.deadline(), **terms)))
+        self.record("fund (top-up)", self.gas(poster.fund(job, TOKENS, self.deadline(), **terms)))
         permit_job = self.new_job_id()
         permit = self.token.sign_permit(self.poster, self.escrow.address, 10 * TOKENS, self.deadline())
-        receipt = escrow_as(self.poster).fund_with_permit(permit_job, 10 * TOKENS, self.deadline(), permit)
+        receipt = poster.fund_with_permit(permit_job, 10 * TOKENS, self.deadline(), permit, **terms)
         self.record("fundWithPermit (new job)", self.gas(receipt))
 
         # Release: the first batch of the job credits the treasury for the first time; keep it out of the figures.
@@ -149,7 +155,7 @@ def _new_address() -> str:
 def _describe(w3: Web3) -> str:
     client = w3.client_version
     try:
-        info = w3.provider.make_request("anvil_nodeInfo", [])["result"]
+        info = w3.provider.make_request(RPCEndpoint("anvil_nodeInfo"), [])["result"]
         hardfork = f", hardfork {info['hardFork']}"
     except (KeyError, TypeError):
         hardfork = ""

@@ -18,16 +18,48 @@ from contracts.errors import ChainError
 from contracts.sender import Sender, raise_decoded
 
 DEFAULT_ADMIN_ROLE = bytes(32)
-JobKey = bytes | uuid.UUID
+JobKey = bytes
+# An escrow job id is the poster's address (20 bytes) followed by SALT_BYTES chosen by the marketplace.
+SALT_BYTES = 12
+# The largest terms the contract stores (uint32 maxPayouts, uint96 maxPayout).
+MAX_PAYOUTS_LIMIT = 2**32 - 1
+MAX_PAYOUT_LIMIT = 2**96 - 1
+
+
+def escrow_job_id(poster: str, salt: bytes) -> bytes:
+    """The escrow's bytes32 job id of `poster`: the address's 20 bytes, then the 12 bytes of `salt`.
+
+    Only `poster` may fund such an id first (JobEscrow refuses anyone else with EscrowJobIdNotPoster). The
+    marketplace passes `job_uuid.bytes[:12]` as the salt.
+    """
+    if len(salt) != SALT_BYTES:
+        raise ValueError(f"a job id's salt is {SALT_BYTES} bytes, not {len(salt)}")
+    return bytes.fromhex(Web3.to_checksum_address(poster)[2:]) + bytes(salt)
+
+
+def poster_of_job_id(job_id: bytes) -> ChecksumAddress:
+    """The only address that may fund `job_id` first: its high 20 bytes."""
+    return Web3.to_checksum_address(job_key(job_id)[:20])
+
+
+def _checked_terms(max_payouts: int, max_payout: int) -> tuple[int, int]:
+    # Zero is left for the contract to refuse (EscrowZeroTerms); beyond the widths no call could be encoded.
+    if not 0 <= max_payouts <= MAX_PAYOUTS_LIMIT:
+        raise ValueError(f"max_payouts must be between 1 and {MAX_PAYOUTS_LIMIT} (uint32), not {max_payouts}")
+    if not 0 <= max_payout <= MAX_PAYOUT_LIMIT:
+        raise ValueError(f"max_payout must be between 1 and 2**96 - 1 base units (uint96), not {max_payout}")
+    return max_payouts, max_payout
 
 
 def job_key(value: JobKey) -> bytes:
-    """The escrow's bytes32 job id: 32 bytes as given, or a marketplace UUID left-padded with zeros."""
+    """A raw bytes32 escrow job id, checked for length (build one with escrow_job_id)."""
     if isinstance(value, uuid.UUID):
-        return bytes(16) + value.bytes
+        raise TypeError("a marketplace UUID is not an escrow job id: use escrow_job_id(poster, job_uuid.bytes[:12])")
+    if not isinstance(value, bytes | bytearray):
+        raise TypeError(f"a job id is 32 bytes, not {type(value).__name__}")
     if len(value) != 32:
-        raise ValueError(f"a job id is 32 bytes or a UUID, not {len(value)} bytes")
-    return value
+        raise ValueError(f"a job id is 32 bytes, not {len(value)} bytes")
+    return bytes(value)
 
 
 class BoundContract:
@@ -178,6 +210,8 @@ class Job:
     remaining: int
     deadline: int
     closed: bool
+    max_payouts: int
+    max_payout: int
 
     @property
     def exists(self) -> bool:
@@ -212,12 +246,24 @@ class JobEscrow(BoundContract):
     MAX_FEE_BPS = 1_000
 
     # Posters.
-    def fund(self, job_id: JobKey, amount: int, deadline: int) -> TxReceipt:
-        return self._send("fund", job_key(job_id), amount, deadline)
+    def fund(self, job_id: JobKey, amount: int, deadline: int, *, max_payouts: int, max_payout: int) -> TxReceipt:
+        """Lock `amount` for the job; the first fund fixes its terms, a top-up must repeat them."""
+        return self._send("fund", job_key(job_id), amount, deadline, *_checked_terms(max_payouts, max_payout))
 
-    def fund_with_permit(self, job_id: JobKey, amount: int, deadline: int, permit: Permit) -> TxReceipt:
+    def fund_with_permit(
+        self, job_id: JobKey, amount: int, deadline: int, permit: Permit, *, max_payouts: int, max_payout: int
+    ) -> TxReceipt:
+        """fund() with an EIP-2612 permit for `amount` instead of an approve."""
         return self._send(
-            "fundWithPermit", job_key(job_id), amount, deadline, permit.deadline, permit.v, permit.r, permit.s
+            "fundWithPermit",
+            job_key(job_id),
+            amount,
+            deadline,
+            *_checked_terms(max_payouts, max_payout),
+            permit.deadline,
+            permit.v,
+            permit.r,
+            permit.s,
         )
 
     def refund(self, job_id: JobKey) -> TxReceipt:
@@ -268,8 +314,12 @@ class JobEscrow(BoundContract):
 
     # Views.
     def job_of(self, job_id: JobKey) -> Job:
-        poster, funded, released, remaining, deadline, closed = self._call("jobOf", job_key(job_id))
-        return Job(Web3.to_checksum_address(poster), funded, released, remaining, deadline, closed)
+        poster, funded, released, remaining, deadline, closed, max_payouts, max_payout = self._call(
+            "jobOf", job_key(job_id)
+        )
+        return Job(
+            Web3.to_checksum_address(poster), funded, released, remaining, deadline, closed, max_payouts, max_payout
+        )
 
     def credit_of(self, account: str) -> int:
         return int(self._call("creditOf", Web3.to_checksum_address(account)))

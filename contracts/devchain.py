@@ -1,6 +1,11 @@
-"""A local Anvil chain for development and tests: started on a free port of 127.0.0.1, stopped on exit.
+"""A local chain for development and tests, Anvil or Hardhat Network: started on a free port of 127.0.0.1,
+stopped on exit.
 
 `ETH_RPC_URL` points everything at another chain instead (the callers decide; see `rpc_url_or_start`).
+Anvil is the default (`start()`); `start(engine="hardhat")` runs `hardhat node` with the repository's
+hardhat.config.js (hardfork prague, chain id 31337, the same development accounts). Both run the committed
+artifacts unchanged. Ganache cannot: it has no transient storage (EIP-1153), which OpenZeppelin's
+ReentrancyGuardTransient needs.
 Anvil always runs with `--prune-history`: without it, it writes gigabytes of old states under ~/.foundry. It keeps
 the last PRUNED_STATES states in memory: with none kept, a call on "latest" that races a newly mined block is
 answered `BlockOutOfRangeError: block height is N but requested was N-1` (seen on CI; about 1 call in 100 while
@@ -26,13 +31,18 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from eth_account.hdaccount import key_from_seed, seed_from_mnemonic
 
 from contracts.errors import DevChainError
 
 ANVIL_CHAIN_ID = 31337
+Engine = Literal["anvil", "hardhat"]
+ENGINES: tuple[Engine, ...] = ("anvil", "hardhat")
+_ENGINE_NAMES = {"anvil": "Anvil", "hardhat": "Hardhat Network"}
+# Seconds to wait for the first answer: Hardhat loads a few hundred node modules first (about 3 s here).
+_START_TIMEOUTS = {"anvil": 30.0, "hardhat": 60.0}
 # Chains whose funds are play money: the faucet works only there. 31337 is Anvil's and Hardhat's default.
 LOCAL_CHAIN_IDS = frozenset({ANVIL_CHAIN_ID})
 # Anvil's well-known development mnemonic; its keys are public, so use them on local chains only.
@@ -69,6 +79,20 @@ def anvil_path() -> Path:
     raise DevChainError(f"Anvil not found in {node_modules} or on PATH: run `npm install` (or `make install`)")
 
 
+def hardhat_argv() -> list[str]:
+    """`node …/hardhat/internal/cli/cli.js`: Hardhat's CLI run by node itself, so the process we signal is the node.
+
+    node_modules/.bin/hardhat is a launcher script; running the CLI directly keeps one process to wait on.
+    """
+    cli = _REPO_ROOT / "node_modules" / "hardhat" / "internal" / "cli" / "cli.js"
+    if not cli.is_file():
+        raise DevChainError(f"Hardhat not found in {cli.parent.parent.parent.parent}: run `npm install`")
+    node = shutil.which("node")
+    if node is None:
+        raise DevChainError("node not found: install Node.js 20+ and run `npm install`")
+    return [node, str(cli)]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,12 +120,13 @@ def rpc(url: str, method: str, params: list[object] | None = None, *, timeout: f
 
 @dataclass
 class DevChain:
-    """A running Anvil process; stop() (or leaving the `with` block) ends it and dumps state_file if set."""
+    """A running local chain; stop() (or leaving the `with` block) ends it (Anvil dumps state_file if set)."""
 
     url: str
     port: int
     chain_id: int
     process: subprocess.Popen[bytes]
+    engine: Engine = "anvil"
     state_file: Path | None = None
     log_file: Path | None = None
     _lock: IO[bytes] | None = field(default=None, repr=False)
@@ -151,32 +176,51 @@ def _lock_state(state_file: Path) -> IO[bytes]:
 
 def start(
     *,
+    engine: Engine = "anvil",
     port: int | None = None,
     chain_id: int = ANVIL_CHAIN_ID,
     state_file: Path | None = None,
     log_file: Path | None = None,
-    timeout: float = 30.0,
+    timeout: float | None = None,
 ) -> DevChain:
-    """Start Anvil on `port` (default: a free one) of 127.0.0.1 and wait up to `timeout` s until it answers.
+    """Start `engine` on `port` (default: a free one) of 127.0.0.1 and wait up to `timeout` s until it answers.
 
-    With `state_file`, the chain loads that file if it exists and writes its state back on stop, so a
-    deployment survives restarts; one process at a time may own a state file.
+    With `state_file` (Anvil only), the chain loads that file if it exists and writes its state back on stop, so
+    a deployment survives restarts; one process at a time may own a state file. Hardhat Network keeps nothing
+    between runs.
     """
-    anvil = anvil_path()
+    if engine not in ENGINES:
+        raise DevChainError(f"unknown chain engine {engine!r}: one of {', '.join(ENGINES)}")
+    name = _ENGINE_NAMES[engine]
+    if engine == "hardhat" and state_file is not None:
+        raise DevChainError("Hardhat Network keeps no state between runs: a state file needs Anvil")
+    program = [str(anvil_path())] if engine == "anvil" else hardhat_argv()
+    wait = _START_TIMEOUTS[engine] if timeout is None else timeout
     lock = None
     if state_file is not None:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         lock = _lock_state(state_file)
     last_error = ""
     try:
-        # A picked port is free when picked but could be taken before Anvil binds it: try a few.
+        # A picked port is free when picked but could be taken before the chain binds it: try a few.
         for _attempt in range(1 if port else 3):
             chosen = port or _free_port()
-            argv = [str(anvil), "--host", "127.0.0.1", "--port", str(chosen), "--prune-history", str(PRUNED_STATES)]
-            argv += ["--chain-id", str(chain_id), "--accounts", str(DEV_ACCOUNTS), "--quiet"]
-            if state_file is not None:
-                argv += ["--state", str(state_file)]
-            chain = _launch(argv, chosen, chain_id, state_file, log_file, timeout)
+            env = None
+            if engine == "anvil":
+                argv = [*program, "--host", "127.0.0.1", "--port", str(chosen), "--prune-history", str(PRUNED_STATES)]
+                argv += ["--chain-id", str(chain_id), "--accounts", str(DEV_ACCOUNTS), "--quiet"]
+                if state_file is not None:
+                    argv += ["--state", str(state_file)]
+            else:
+                argv = [*program, "node", "--hostname", "127.0.0.1", "--port", str(chosen)]
+                argv += ["--config", str(_REPO_ROOT / "hardhat.config.js")]
+                # The config reads the chain id from here; the prompt would wait for a terminal that is not there.
+                env = {
+                    **os.environ,
+                    "HASHWORK_HARDHAT_CHAIN_ID": str(chain_id),
+                    "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true",
+                }
+            chain = _launch(argv, chosen, chain_id, state_file, log_file, wait, engine=engine, env=env)
             if isinstance(chain, DevChain):
                 chain._lock = lock
                 return chain
@@ -187,13 +231,28 @@ def start(
         raise
     if lock is not None:
         lock.close()
-    raise DevChainError(f"Anvil did not start: {last_error}")
+    raise DevChainError(f"{name} did not start: {last_error}")
+
+
+def start_hardhat(
+    *, port: int | None = None, chain_id: int = ANVIL_CHAIN_ID, log_file: Path | None = None, timeout: float = 60.0
+) -> DevChain:
+    """start(engine="hardhat"): Hardhat Network (`hardhat node`, hardfork prague) on a free port of 127.0.0.1."""
+    return start(engine="hardhat", port=port, chain_id=chain_id, log_file=log_file, timeout=timeout)
 
 
 def _launch(
-    argv: list[str], port: int, chain_id: int, state_file: Path | None, log_file: Path | None, timeout: float
+    argv: list[str],
+    port: int,
+    chain_id: int,
+    state_file: Path | None,
+    log_file: Path | None,
+    timeout: float,
+    *,
+    engine: Engine,
+    env: dict[str, str] | None,
 ) -> DevChain | str:
-    # Anvil's output goes to a file (a pipe nobody reads could fill up and block it): the log, or a temporary one.
+    # The chain's output goes to a file (a pipe nobody reads could fill up and block it): the log, or a temporary one.
     log: IO[bytes] = log_file.open("ab") if log_file else tempfile.TemporaryFile()  # noqa: SIM115 - DevChain closes it
     process = subprocess.Popen(
         argv,
@@ -202,10 +261,20 @@ def _launch(
         stderr=subprocess.STDOUT,
         start_new_session=True,
         preexec_fn=_die_with_parent,
+        # Hardhat finds its node_modules from the repository; Anvil keeps the caller's directory (relative paths).
+        cwd=_REPO_ROOT if engine == "hardhat" else None,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     chain = DevChain(
-        url=url, port=port, chain_id=chain_id, process=process, state_file=state_file, log_file=log_file, _log=log
+        url=url,
+        port=port,
+        chain_id=chain_id,
+        process=process,
+        engine=engine,
+        state_file=state_file,
+        log_file=log_file,
+        _log=log,
     )
     atexit.register(chain.stop)
     deadline = time.monotonic() + timeout
@@ -232,11 +301,15 @@ def _launch(
 
 @contextlib.contextmanager
 def rpc_url_or_start(
-    eth_rpc_url: str | None, *, state_file: Path | None = None, log_file: Path | None = None
+    eth_rpc_url: str | None,
+    *,
+    state_file: Path | None = None,
+    log_file: Path | None = None,
+    engine: Engine = "anvil",
 ) -> Iterator[str]:
     """Yield `eth_rpc_url` when set; else start a DevChain for the duration of the block and yield its URL."""
     if eth_rpc_url:
         yield eth_rpc_url
         return
-    with start(state_file=state_file, log_file=log_file) as chain:
+    with start(engine=engine, state_file=state_file, log_file=log_file) as chain:
         yield chain.url

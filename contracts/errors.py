@@ -82,6 +82,26 @@ class EscrowNotPoster(EscrowError):
     """Only the job's poster may do this."""
 
 
+class EscrowJobIdNotPoster(EscrowError):
+    """A job id's first fund must come from the address in its high 20 bytes (see escrow_job_id)."""
+
+
+class EscrowZeroTerms(EscrowError):
+    """A job's terms (maxPayouts, maxPayout) must both be above zero."""
+
+
+class EscrowTermsMismatch(EscrowError):
+    """A top-up must repeat the terms the job was first funded with."""
+
+
+class EscrowPayoutIndexOutOfRange(EscrowError):
+    """A payout index is not below the job's maxPayouts."""
+
+
+class EscrowPayoutTooLarge(EscrowError):
+    """A payout's amount is above the job's maxPayout."""
+
+
 class EscrowZeroAmount(EscrowError):
     """An amount of zero was given."""
 

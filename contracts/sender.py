@@ -32,10 +32,18 @@ def parse_private_key(raw: str, *, name: str = "private key") -> str:
     return value
 
 
+def revert_data(exc: ContractLogicError) -> str | None:
+    """The revert data of a web3 revert: Anvil answers it as a hex string, Hardhat Network as
+    `{"message": …, "data": "0x…"}`."""
+    data: object = exc.data
+    if isinstance(data, dict):
+        data = data.get("data")
+    return data if isinstance(data, str) else None
+
+
 def raise_decoded(exc: ContractLogicError) -> NoReturn:
     """Re-raise a web3 revert as the contracts package's exception named after the Solidity error."""
-    data = exc.data if isinstance(exc.data, str) else None
-    raise decode_revert(data) from exc
+    raise decode_revert(revert_data(exc)) from exc
 
 
 class Sender:
@@ -137,7 +145,7 @@ class Sender:
             # History may be pruned (Anvil --prune-history): replay on the latest state, the best we have.
             self.w3.eth.call(replay)
         except ContractLogicError as exc:
-            error: ContractRevert = decode_revert(exc.data if isinstance(exc.data, str) else None)
+            error: ContractRevert = decode_revert(revert_data(exc))
             error.add_note(f"transaction 0x{tx_hash} (mined with status 0)")
             raise error from exc
         raise TransactionFailed(

@@ -20,6 +20,11 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
  *
  * Invariant: `token.balanceOf(this) == Σ remaining(job) + Σ creditOf(account)`.
  *
+ * A job id is bound to its poster: its high 20 bytes are the poster's address, the low 12 bytes the marketplace's
+ * choice, and only that address may fund it first, so nobody can take a poster's id before them. The first fund
+ * also fixes the job's terms: at most `maxPayouts` payouts (indexes 0 … maxPayouts - 1), none above `maxPayout`
+ * (the fee comes on top), so no key, the operator's included, can pay a job out in other shares than posted.
+ *
  * @dev Only plain ERC-20 tokens are supported: a token that charges a fee on transfer or rebases breaks the
  * invariant. Amounts per job are kept in 128 bits so that a job's bookkeeping fits in one storage slot.
  */
@@ -39,8 +44,11 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         // Slot 1, the only slot of the job that release() writes.
         uint128 released;
         uint128 remaining;
-        // Slot 2.
+        // Slot 2, read once by release() for the terms. uint96 holds 7.9e28 base units (79 billion tokens of
+        // 18 decimals) per payout, and uint32 four billion payouts: enough, and the three fill one slot.
         uint128 funded;
+        uint96 maxPayout;
+        uint32 maxPayouts;
     }
 
     IERC20 private immutable _token;
@@ -52,7 +60,14 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     // 256 payout indexes per word: marking one inside a batch is a bit operation on a word held in memory.
     mapping(bytes32 jobId => mapping(uint256 word => uint256 bits)) private _payoutBitmaps;
 
-    event JobFunded(bytes32 indexed jobId, address indexed poster, uint256 amount, uint64 deadline);
+    event JobFunded(
+        bytes32 indexed jobId,
+        address indexed poster,
+        uint256 amount,
+        uint64 deadline,
+        uint32 maxPayouts,
+        uint96 maxPayout
+    );
     event PayoutsReleased(bytes32 indexed jobId, uint256 count, uint256 amount, uint256 fee);
     event JobClosed(bytes32 indexed jobId);
     event JobRefunded(bytes32 indexed jobId, address indexed poster, uint256 amount);
@@ -63,6 +78,17 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     error EscrowUnknownJob(bytes32 jobId);
     error EscrowJobClosed(bytes32 jobId);
     error EscrowNotPoster(bytes32 jobId, address account);
+    error EscrowJobIdNotPoster(bytes32 jobId, address account);
+    error EscrowZeroTerms(uint32 maxPayouts, uint96 maxPayout);
+    error EscrowTermsMismatch(
+        bytes32 jobId,
+        uint32 maxPayouts,
+        uint96 maxPayout,
+        uint32 requestedMaxPayouts,
+        uint96 requestedMaxPayout
+    );
+    error EscrowPayoutIndexOutOfRange(bytes32 jobId, uint256 payoutIndex, uint32 maxPayouts);
+    error EscrowPayoutTooLarge(bytes32 jobId, uint256 payoutIndex, uint256 amount, uint96 maxPayout);
     error EscrowZeroAmount();
     error EscrowZeroAddress();
     error EscrowDeadlineInPast(uint64 deadline, uint256 timestamp);
@@ -91,11 +117,19 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     // ---------------------------------------------------------------------------------------------- posters
 
     /**
-     * @notice Locks `amount` for `jobId`. The first call makes the caller the job's poster; later calls by the
-     * poster top it up. `deadline` (unix seconds) must be in the future and may only move later.
+     * @notice Locks `amount` for `jobId`. The first call, only by the address in the id's high 20 bytes, makes it
+     * the job's poster and fixes the terms: at most `maxPayouts` payouts, each at most `maxPayout` (neither zero).
+     * Later calls by the poster top it up and must repeat the same terms. `deadline` (unix seconds) must be in
+     * the future and may only move later.
      */
-    function fund(bytes32 jobId, uint256 amount, uint64 deadline) external whenNotPaused nonReentrant {
-        _fund(jobId, amount, deadline);
+    function fund(
+        bytes32 jobId,
+        uint256 amount,
+        uint64 deadline,
+        uint32 maxPayouts,
+        uint96 maxPayout
+    ) external whenNotPaused nonReentrant {
+        _fund(jobId, amount, deadline, maxPayouts, maxPayout);
     }
 
     /// @notice {fund} with an EIP-2612 permit for `amount`, so no separate approve transaction is needed.
@@ -103,6 +137,8 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         bytes32 jobId,
         uint256 amount,
         uint64 deadline,
+        uint32 maxPayouts,
+        uint96 maxPayout,
         uint256 permitDeadline,
         uint8 v,
         bytes32 r,
@@ -118,7 +154,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
                 }
             }
         }
-        _fund(jobId, amount, deadline);
+        _fund(jobId, amount, deadline, maxPayouts, maxPayout);
     }
 
     /**
@@ -161,7 +197,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
      * @notice Pays a batch of a job's payouts: for each index never used before, credits its payee `amount`
      * and the treasury the fee on it, and marks the index used. Used indexes are skipped, so re-sending a
      * batch is harmless. The job's remaining balance is debited by the total; the batch reverts if that does
-     * not cover it.
+     * not cover it, or if any entry breaks the job's terms (an index >= maxPayouts, an amount > maxPayout).
      */
     function release(
         bytes32 jobId,
@@ -177,6 +213,8 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         if (job.poster == address(0)) revert EscrowUnknownJob(jobId);
         if (job.closed) revert EscrowJobClosed(jobId);
 
+        uint256 maxPayouts = job.maxPayouts;
+        uint256 maxPayout = job.maxPayout;
         mapping(uint256 word => uint256 bits) storage bitmap = _payoutBitmaps[jobId];
         uint256 feeRate = _feeBps;
         uint256 count;
@@ -190,7 +228,11 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         for (uint256 i; i < n; ) {
             uint256 index = payoutIndexes[i];
             address payee = payees[i];
+            uint256 amount = amounts[i];
             if (payee == address(0)) revert EscrowZeroPayee(jobId, index);
+            // Every entry obeys the terms, used or not: a batch is accepted or refused as a whole.
+            if (index >= maxPayouts) revert EscrowPayoutIndexOutOfRange(jobId, index, uint32(maxPayouts));
+            if (amount > maxPayout) revert EscrowPayoutTooLarge(jobId, index, amount, uint96(maxPayout));
             uint256 w = index >> 8;
             if (w != wordIndex) {
                 if (dirty) {
@@ -204,12 +246,13 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
             if (word & bit == 0) {
                 word |= bit;
                 dirty = true;
-                uint256 amount = amounts[i];
-                totalAmount += amount;
-                totalFee += (amount * feeRate) / _BPS;
-                // A credit can only wrap if `amount` is beyond any balance, and then the batch reverts below:
-                // totalAmount (checked) exceeds the job's remaining balance. `count` is at most n.
+                // amount <= maxPayout < 2**96 and feeRate <= 1000, so amount * feeRate < 2**106, and n (bounded by
+                // calldata) such sums stay far below 2**256. A credit stays below the token's total supply: the
+                // batch reverts below unless the job's remaining balance, held here, covers every amount.
+                // `count` is at most n.
                 unchecked {
+                    totalAmount += amount;
+                    totalFee += (amount * feeRate) / _BPS;
                     _credits[payee] += amount;
                     ++count;
                 }
@@ -221,7 +264,11 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         }
         if (dirty) bitmap[wordIndex] = word;
 
-        uint256 total = totalAmount + totalFee;
+        // Both sums are far below 2**256 (see the loop).
+        uint256 total;
+        unchecked {
+            total = totalAmount + totalFee;
+        }
         uint256 remaining = job.remaining;
         if (total > remaining) revert EscrowInsufficientJobBalance(jobId, total, remaining);
         // total <= remaining < 2**128, and released + remaining <= funded < 2**128.
@@ -278,10 +325,28 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     )
         external
         view
-        returns (address poster, uint256 funded, uint256 released, uint256 remaining, uint64 deadline, bool closed)
+        returns (
+            address poster,
+            uint256 funded,
+            uint256 released,
+            uint256 remaining,
+            uint64 deadline,
+            bool closed,
+            uint32 maxPayouts,
+            uint96 maxPayout
+        )
     {
         Job storage job = _jobs[jobId];
-        return (job.poster, job.funded, job.released, job.remaining, job.deadline, job.closed);
+        return (
+            job.poster,
+            job.funded,
+            job.released,
+            job.remaining,
+            job.deadline,
+            job.closed,
+            job.maxPayouts,
+            job.maxPayout
+        );
     }
 
     function creditOf(address account) external view returns (uint256) {
@@ -306,17 +371,25 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
 
     // --------------------------------------------------------------------------------------------- internal
 
-    function _fund(bytes32 jobId, uint256 amount, uint64 deadline) private {
+    function _fund(bytes32 jobId, uint256 amount, uint64 deadline, uint32 maxPayouts, uint96 maxPayout) private {
         if (amount == 0) revert EscrowZeroAmount();
         if (deadline <= block.timestamp) revert EscrowDeadlineInPast(deadline, block.timestamp);
+        if (maxPayouts == 0 || maxPayout == 0) revert EscrowZeroTerms(maxPayouts, maxPayout);
         Job storage job = _jobs[jobId];
         address poster = job.poster;
         if (poster == address(0)) {
+            // The id names its poster: a copy of it seen in the mempool is of no use to anyone else.
+            if (address(bytes20(jobId)) != msg.sender) revert EscrowJobIdNotPoster(jobId, msg.sender);
             job.poster = msg.sender;
+            job.maxPayouts = maxPayouts;
+            job.maxPayout = maxPayout;
         } else {
             if (poster != msg.sender) revert EscrowNotPoster(jobId, msg.sender);
             if (job.closed) revert EscrowJobClosed(jobId);
             if (deadline < job.deadline) revert EscrowDeadlineMovedEarlier(jobId, job.deadline, deadline);
+            if (maxPayouts != job.maxPayouts || maxPayout != job.maxPayout) {
+                revert EscrowTermsMismatch(jobId, job.maxPayouts, job.maxPayout, maxPayouts, maxPayout);
+            }
         }
 
         uint128 funded = SafeCast.toUint128(uint256(job.funded) + amount);
@@ -326,7 +399,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         unchecked {
             job.remaining += uint128(amount);
         }
-        emit JobFunded(jobId, msg.sender, amount, deadline);
+        emit JobFunded(jobId, msg.sender, amount, deadline, maxPayouts, maxPayout);
         _token.safeTransferFrom(msg.sender, address(this), amount);
     }
 }

@@ -1,20 +1,28 @@
-"""Shared helpers of the contract tests: the chain's clock, a funded job, amounts."""
+"""Shared helpers of the contract tests: the chain's clock, poster-bound job ids, a funded job, amounts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from web3 import Web3
+from web3.types import RPCEndpoint
 
-from contracts.bindings import ComputeToken, JobEscrow
+from contracts.bindings import ComputeToken, JobEscrow, escrow_job_id
 from contracts.sender import Sender
 
 FEE_BPS = 250
 TOKENS = 10**18
 POSTER_TOKENS = 1_000_000 * TOKENS
 DAY = 24 * 3600
-JOB_ID = bytes.fromhex("00" * 31 + "01")
-OTHER_JOB_ID = bytes.fromhex("00" * 31 + "02")
+# The terms of the `job` fixture: up to 1,000 payouts of at most 1,000 tokens each (its whole funding).
+MAX_PAYOUTS = 1_000
+MAX_PAYOUT = 1_000 * TOKENS
+
+
+def job_id(poster: Sender | str, number: int = 1) -> bytes:
+    """The escrow id of `poster`'s job `number`: the poster's address, then `number` in the 12-byte salt."""
+    address = poster if isinstance(poster, str) else poster.address
+    return escrow_job_id(address, number.to_bytes(12, "big"))
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,8 @@ def now(w3: Web3) -> int:
 
 def advance_time(w3: Web3, seconds: int) -> None:
     """Move the chain's clock forward and mine a block at the new time."""
-    w3.provider.make_request("evm_increaseTime", [seconds])
-    w3.provider.make_request("evm_mine", [])
+    w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [seconds])
+    w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
 
 def fee(amount: int, fee_bps: int = FEE_BPS) -> int:
@@ -53,13 +61,24 @@ class FundedJob:
     poster: Sender
     amount: int
     deadline: int
+    max_payouts: int
+    max_payout: int
 
 
 def fund_job(
-    w3: Web3, token: ComputeToken, escrow: JobEscrow, poster: Sender, job_id: bytes, amount: int, *, days: int = 1
+    w3: Web3,
+    token: ComputeToken,
+    escrow: JobEscrow,
+    poster: Sender,
+    key: bytes,
+    amount: int,
+    *,
+    days: int = 1,
+    max_payouts: int = MAX_PAYOUTS,
+    max_payout: int = MAX_PAYOUT,
 ) -> FundedJob:
-    """Approve and fund `job_id` from `poster` with a deadline `days` from now."""
+    """Approve and fund the job `key` from `poster` with a deadline `days` from now, under the given terms."""
     deadline = now(w3) + days * DAY
     token.connect(poster).approve(escrow.address, amount)
-    escrow.connect(poster).fund(job_id, amount, deadline)
-    return FundedJob(job_id, poster, amount, deadline)
+    escrow.connect(poster).fund(key, amount, deadline, max_payouts=max_payouts, max_payout=max_payout)
+    return FundedJob(key, poster, amount, deadline, max_payouts, max_payout)

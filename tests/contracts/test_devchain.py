@@ -1,12 +1,19 @@
-"""The dev chain itself: reads on "latest" stay answerable while blocks are mined back to back."""
+"""The dev chains themselves: Anvil and Hardhat Network start on a free port and stop with their process, and reads
+on "latest" stay answerable while blocks are mined back to back."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import pytest
+from eth_account import Account
+
+from contracts import devchain
 from contracts.bindings import JobEscrow
 from contracts.deploy import Deployment
+from contracts.errors import DevChainError
 from tests.contracts.helpers import Actors
 
 
@@ -36,7 +43,7 @@ def test_reads_on_latest_never_meet_a_pruned_state_while_blocks_are_mined(
             try:
                 escrow.credit_of(actors.node.address)
                 reads += 1
-            except Exception as exc:  # noqa: BLE001 - every failed read is the finding
+            except Exception as exc:  # every failed read is the finding
                 errors.append(exc)
             if time.monotonic() - started > 30:
                 break
@@ -46,3 +53,27 @@ def test_reads_on_latest_never_meet_a_pruned_state_while_blocks_are_mined(
     assert len(mined) >= 50, f"only {len(mined)} blocks mined: the race was not exercised"
     assert reads > 100
     assert errors == [], f"{len(errors)} of {reads + len(errors)} reads failed, first: {errors[0]}"
+
+
+@pytest.mark.parametrize(("engine", "client"), [("anvil", "anvil/"), ("hardhat", "HardhatNetwork/")])
+def test_each_engine_starts_on_a_free_local_port_as_chain_31337_and_stops_on_exit(
+    engine: devchain.Engine, client: str
+) -> None:
+    start = devchain.start_hardhat if engine == "hardhat" else devchain.start
+
+    with start() as chain:
+        assert (chain.engine, chain.url) == (engine, f"http://127.0.0.1:{chain.port}")
+        assert devchain.rpc(chain.url, "eth_chainId") == hex(devchain.ANVIL_CHAIN_ID)
+        assert str(devchain.rpc(chain.url, "web3_clientVersion")).startswith(client)
+        # The same development accounts on either chain, so the same keys sign.
+        accounts = devchain.rpc(chain.url, "eth_accounts")
+        assert isinstance(accounts, list)
+        assert [a.lower() for a in accounts[:3]] == [Account.from_key(k).address.lower() for k in devchain.dev_keys(3)]
+        assert chain.running
+    assert not chain.running
+    assert chain.process.returncode is not None
+
+
+def test_hardhat_network_refuses_a_state_file(tmp_path: Path) -> None:
+    with pytest.raises(DevChainError, match="needs Anvil"):
+        devchain.start(engine="hardhat", state_file=tmp_path / "state.json")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from contracts import errors
 from contracts.bindings import ComputeToken, JobEscrow, Payout
 from contracts.sender import Sender
-from tests.contracts.helpers import OTHER_JOB_ID, TOKENS, FundedJob, advance_time, fee, now
+from tests.contracts.helpers import TOKENS, FundedJob, advance_time, fee, job_id, now
 
 
 def test_refund_before_the_deadline_of_an_open_job_reverts(escrow: JobEscrow, job: FundedJob) -> None:
@@ -20,7 +21,7 @@ def test_refund_before_the_deadline_of_an_open_job_reverts(escrow: JobEscrow, jo
 
 def test_refund_exactly_at_the_deadline_is_still_too_early(w3: Web3, escrow: JobEscrow, job: FundedJob) -> None:
     # The next block is mined exactly at the deadline.
-    w3.provider.make_request("evm_setNextBlockTimestamp", [job.deadline])
+    w3.provider.make_request(RPCEndpoint("evm_setNextBlockTimestamp"), [job.deadline])
 
     with pytest.raises(errors.EscrowRefundTooEarly):
         escrow.connect(job.poster).refund(job.id)
@@ -80,7 +81,7 @@ def test_nobody_but_the_poster_may_refund(
 
 def test_refund_of_an_unknown_job_reverts(escrow: JobEscrow, poster: Sender) -> None:
     with pytest.raises(errors.EscrowUnknownJob):
-        escrow.connect(poster).refund(OTHER_JOB_ID)
+        escrow.connect(poster).refund(job_id(poster, 2))
 
 
 def test_after_a_refund_past_the_deadline_payouts_find_nothing_left(

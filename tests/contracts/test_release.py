@@ -1,4 +1,5 @@
-"""release() and close(): credits, the fee, the per-job payout bitmap, re-sent batches, and every refusal."""
+"""release() and close(): credits, the fee, the per-job payout bitmap, re-sent batches, the job's terms, and every
+refusal."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from web3 import Web3
 from contracts import errors
 from contracts.bindings import ComputeToken, JobEscrow, Payout
 from contracts.sender import Sender
-from tests.contracts.helpers import OTHER_JOB_ID, TOKENS, FundedJob, fee, fund_job
+from tests.contracts.helpers import MAX_PAYOUT, MAX_PAYOUTS, TOKENS, FundedJob, fee, fund_job, job_id
 
 
 def test_release_credits_the_payees_and_the_fee_to_the_treasury(
@@ -101,15 +102,16 @@ def test_a_partly_resent_batch_pays_only_the_new_indexes(
 
 
 def test_payout_indexes_are_tracked_across_bitmap_words(
-    escrow: JobEscrow, job: FundedJob, operator: Sender, node: Sender
+    w3: Web3, token: ComputeToken, escrow: JobEscrow, poster: Sender, operator: Sender, node: Sender
 ) -> None:
-    indexes = [0, 255, 256, 511, 512, 10**9, 2**256 - 1]
+    job = fund_job(w3, token, escrow, poster, job_id(poster), TOKENS, max_payouts=2**32 - 1)
+    indexes = [0, 255, 256, 511, 512, 10**9, 2**32 - 2]
 
     released = escrow.connect(operator).release(job.id, [Payout(i, node.address, 1) for i in indexes])
 
     assert released.count == len(indexes)
     assert all(escrow.payout_used(job.id, i) for i in indexes)
-    assert not any(escrow.payout_used(job.id, i) for i in (1, 254, 257, 510, 513, 10**9 + 1, 2**256 - 2))
+    assert not any(escrow.payout_used(job.id, i) for i in (1, 254, 257, 510, 513, 10**9 + 1, 2**32 - 3))
 
 
 def test_a_batch_that_returns_to_an_earlier_bitmap_word_keeps_every_mark(
@@ -127,7 +129,7 @@ def test_a_batch_that_returns_to_an_earlier_bitmap_word_keeps_every_mark(
 def test_payout_indexes_belong_to_their_job(
     w3: Web3, token: ComputeToken, escrow: JobEscrow, job: FundedJob, operator: Sender, node: Sender
 ) -> None:
-    other = fund_job(w3, token, escrow, job.poster, OTHER_JOB_ID, 100 * TOKENS)
+    other = fund_job(w3, token, escrow, job.poster, job_id(job.poster, 2), 100 * TOKENS)
     escrow.connect(operator).release(job.id, [Payout(0, node.address, TOKENS)])
 
     released = escrow.connect(operator).release(other.id, [Payout(0, node.address, TOKENS)])
@@ -166,14 +168,108 @@ def test_release_beyond_the_remaining_balance_reverts(
     assert not escrow.payout_used(job.id, 0)
 
 
-def test_release_of_an_amount_too_large_to_compute_a_fee_on_reverts(
+def test_an_amount_too_large_to_compute_a_fee_on_is_refused_by_the_terms(
     escrow: JobEscrow, job: FundedJob, operator: Sender, node: Sender
 ) -> None:
-    with pytest.raises(errors.Panic) as raised:
+    # Before the terms this overflowed the fee (Panic 0x11); now no payout gets past maxPayout < 2**96.
+    with pytest.raises(errors.EscrowPayoutTooLarge):
         escrow.connect(operator).release(job.id, [Payout(0, node.address, 2**255)])
 
-    assert raised.value.fields == {"code": 0x11}  # arithmetic overflow
     assert escrow.credit_of(node.address) == 0
+
+
+# The job's terms: even the operator's key cannot pay more payouts, or larger ones, than the poster funded for.
+
+
+def _money(escrow: JobEscrow, token: ComputeToken, job: FundedJob, *accounts: Sender) -> tuple[object, ...]:
+    return (
+        escrow.job_of(job.id),
+        token.balance_of(escrow.address),
+        *(escrow.credit_of(a.address) for a in accounts),
+        *(token.balance_of(a.address) for a in accounts),
+    )
+
+
+def test_payouts_up_to_the_terms_are_paid(
+    w3: Web3, token: ComputeToken, escrow: JobEscrow, poster: Sender, operator: Sender, node: Sender
+) -> None:
+    job = fund_job(w3, token, escrow, poster, job_id(poster), 100 * TOKENS, max_payouts=3, max_payout=10 * TOKENS)
+
+    released = escrow.connect(operator).release(job.id, [Payout(i, node.address, 10 * TOKENS) for i in range(3)])
+
+    assert (released.count, released.amount, released.fee) == (3, 30 * TOKENS, 3 * fee(10 * TOKENS))
+    assert escrow.credit_of(node.address) == 30 * TOKENS
+
+
+def test_a_batch_with_an_index_beyond_max_payouts_reverts_and_moves_nothing(
+    w3: Web3,
+    token: ComputeToken,
+    escrow: JobEscrow,
+    poster: Sender,
+    operator: Sender,
+    node: Sender,
+    treasury: Sender,
+) -> None:
+    job = fund_job(w3, token, escrow, poster, job_id(poster), 100 * TOKENS, max_payouts=3, max_payout=10 * TOKENS)
+    before = _money(escrow, token, job, node, treasury)
+    batch = [Payout(0, node.address, TOKENS), Payout(1, node.address, TOKENS), Payout(3, node.address, TOKENS)]
+
+    with pytest.raises(errors.EscrowPayoutIndexOutOfRange) as raised:
+        escrow.connect(operator).release(job.id, batch)
+
+    assert raised.value.fields == {"jobId": job.id, "payoutIndex": 3, "maxPayouts": 3}
+    assert _money(escrow, token, job, node, treasury) == before
+    assert not any(escrow.payout_used(job.id, i) for i in range(4))
+
+
+def test_a_batch_with_a_payout_above_max_payout_reverts_and_moves_nothing(
+    w3: Web3,
+    token: ComputeToken,
+    escrow: JobEscrow,
+    poster: Sender,
+    operator: Sender,
+    node: Sender,
+    treasury: Sender,
+) -> None:
+    job = fund_job(w3, token, escrow, poster, job_id(poster), 100 * TOKENS, max_payouts=3, max_payout=10 * TOKENS)
+    before = _money(escrow, token, job, node, treasury)
+    batch = [Payout(0, node.address, 10 * TOKENS), Payout(1, node.address, 10 * TOKENS + 1)]
+
+    with pytest.raises(errors.EscrowPayoutTooLarge) as raised:
+        escrow.connect(operator).release(job.id, batch)
+
+    assert raised.value.fields == {
+        "jobId": job.id,
+        "payoutIndex": 1,
+        "amount": 10 * TOKENS + 1,
+        "maxPayout": 10 * TOKENS,
+    }
+    assert _money(escrow, token, job, node, treasury) == before
+    assert not escrow.payout_used(job.id, 0)
+
+
+def test_a_used_index_does_not_smuggle_an_amount_above_the_terms(
+    escrow: JobEscrow, job: FundedJob, operator: Sender, node: Sender
+) -> None:
+    escrow.connect(operator).release(job.id, [Payout(0, node.address, TOKENS)])
+
+    # Index 0 would be skipped, but the batch is judged as a whole: any entry beyond the terms refuses it.
+    with pytest.raises(errors.EscrowPayoutTooLarge):
+        escrow.connect(operator).release(
+            job.id, [Payout(0, node.address, MAX_PAYOUT + 1), Payout(1, node.address, TOKENS)]
+        )
+
+    assert not escrow.payout_used(job.id, 1)
+    assert escrow.credit_of(node.address) == TOKENS
+
+
+def test_the_last_index_allowed_is_max_payouts_minus_one(
+    escrow: JobEscrow, job: FundedJob, operator: Sender, node: Sender
+) -> None:
+    assert escrow.connect(operator).release(job.id, [Payout(MAX_PAYOUTS - 1, node.address, TOKENS)]).count == 1
+
+    with pytest.raises(errors.EscrowPayoutIndexOutOfRange):
+        escrow.connect(operator).release(job.id, [Payout(MAX_PAYOUTS, node.address, TOKENS)])
 
 
 @pytest.mark.parametrize("who", ["poster", "stranger", "node", "admin"])
@@ -190,9 +286,9 @@ def test_only_the_payout_role_may_release(
 
 def test_release_for_an_unknown_job_reverts(escrow: JobEscrow, operator: Sender, node: Sender) -> None:
     with pytest.raises(errors.EscrowUnknownJob) as raised:
-        escrow.connect(operator).release(OTHER_JOB_ID, [Payout(0, node.address, TOKENS)])
+        escrow.connect(operator).release(job_id(node, 9), [Payout(0, node.address, TOKENS)])
 
-    assert raised.value.fields == {"jobId": OTHER_JOB_ID}
+    assert raised.value.fields == {"jobId": job_id(node, 9)}
 
 
 @pytest.mark.parametrize(("indexes", "payees", "amounts"), [(2, 1, 1), (1, 2, 1), (1, 1, 0)])
@@ -267,7 +363,7 @@ def test_only_the_payout_role_may_close(
 
 def test_close_of_an_unknown_job_reverts(escrow: JobEscrow, operator: Sender) -> None:
     with pytest.raises(errors.EscrowUnknownJob):
-        escrow.connect(operator).close(OTHER_JOB_ID)
+        escrow.connect(operator).close(job_id(operator, 9))
 
 
 def test_closing_a_job_twice_reverts(escrow: JobEscrow, job: FundedJob, operator: Sender) -> None:
