@@ -64,6 +64,8 @@ class Config:
     chain_confirmations: int
     public_eth_rpc_url: str | None
     replication_p: float
+    escrow_margin_hours: int = 24
+    trusted_proxies: tuple[str, ...] = ()
     train_quorum: float = 2 / 3
     train_replay_share: float = 0.25
     problems: tuple[str, ...] = field(default=())
@@ -298,6 +300,8 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         operator_key=_operator_key(env, problems),
         chain_confirmations=_int(env, "CHAIN_CONFIRMATIONS", 0, problems, minimum=0),
         public_eth_rpc_url=_eth_rpc_url(env, problems, "PUBLIC_ETH_RPC_URL"),
+        escrow_margin_hours=_int(env, "HASHWORK_ESCROW_MARGIN_HOURS", 24, problems, minimum=0),
+        trusted_proxies=tuple(p.strip() for p in env.get("HASHWORK_TRUSTED_PROXIES", "").split(",") if p.strip()),
         replication_p=_probability(env, "HASHWORK_REPLICATION_P", 0.1, problems),
         train_quorum=_probability(env, "HASHWORK_TRAIN_QUORUM", 2 / 3, problems),
         train_replay_share=_probability(env, "HASHWORK_TRAIN_REPLAY_SHARE", 0.25, problems),

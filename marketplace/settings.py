@@ -197,9 +197,24 @@ HASHWORK = {
     "LEASE_SECONDS": CONFIG.lease_seconds,
     "START_WINDOW_SECONDS": CONFIG.start_window_seconds,
     "ARTIFACT_LIMITS": CONFIG.artifact_limits,
-    # Leasing: attempts a task may lose (expired, failed) before it fails; failures that block a node from a job.
-    "MAX_LOST_ATTEMPTS": 5,
+    # Leasing: failures (expired, failed) that block a node from a job.
     "JOB_NODE_MAX_FAILURES": 2,
+    # Lost or failed attempts count once per operator: a task fails once nodes of this many distinct operators
+    # have lost it (or at its job's deadline), so one operator's throwaway nodes cannot fail a job.
+    "TASK_FAIL_OPERATORS": 3,
+    # Replicas of one task go to distinct operators and, unless this is off, distinct networks: the /24 of a node's
+    # IPv4 address, the /48 of its IPv6 one. Loopback and private addresses count as one network only when
+    # PRIVATE_NETWORKS_ARE_ONE (a local stack runs every node on 127.0.0.1); otherwise they group no nodes.
+    "REPLICA_DISTINCT_NETWORKS": True,
+    "PRIVATE_NETWORKS_ARE_ONE": False,
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed for a node's address; none by default.
+    "TRUSTED_PROXIES": CONFIG.trusted_proxies,
+    # A node is on probation until it has this many accepted results: it holds at most PROBATION_MAX_LIVE open
+    # (leased or running) assignments, so a throwaway node cannot hoard work.
+    "PROBATION_VALID_RESULTS": 1,
+    "PROBATION_MAX_LIVE": 1,
+    # Nodes an operator may enrol per hour (removed ones count too); beyond it enrolment answers 429.
+    "ENROLMENTS_PER_HOUR": 10,
     # A tie between replicas asks for more, up to replication + this many.
     "MAX_EXTRA_REPLICAS": 3,
     # Adaptive replication: after this many consecutive accepted results a node's work is replicated only with
@@ -219,6 +234,9 @@ HASHWORK = {
     "TRAIN_LOSS_TOLERANCE": 0.5,
     # The JSON-RPC URL node agents and wallets are told to use (withdrawals); defaults to ETH_RPC_URL.
     "PUBLIC_ETH_RPC_URL": CONFIG.public_eth_rpc_url,
+    # A deposit starts its job only if its on-chain deadline is at least this long after the job's own deadline:
+    # the poster cannot refund (the deadline passed) before the last payouts have settled.
+    "ESCROW_SETTLEMENT_MARGIN_HOURS": CONFIG.escrow_margin_hours,
 }
 
 LOGGING = {

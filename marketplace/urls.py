@@ -29,6 +29,7 @@ api = [
     path("jobs/<uuid:job_id>/previews/<int:position>/", job_apis.JobPreviewApi.as_view(), name="job-preview"),
     path("jobs/<uuid:job_id>/tasks/", job_apis.JobTaskListApi.as_view(), name="job-tasks"),
     path("jobs/<uuid:job_id>/results/", job_apis.JobResultListApi.as_view(), name="job-results"),
+    path("jobs/<uuid:job_id>/escrow/", payment_apis.JobEscrowApi.as_view(), name="job-escrow"),
     path("jobs/<uuid:job_id>/rounds/", federated_apis.JobRoundListApi.as_view(), name="job-rounds"),
     path("files/<str:token>/", federated_apis.SignedFileApi.as_view(), name="signed-file"),
     path("results/<uuid:result_id>/artifact/", job_apis.ResultArtifactApi.as_view(), name="result-artifact"),

@@ -12,37 +12,44 @@ import torch
 from torch import Tensor
 
 from training.aggregate import apply
-from training.compress import CompressionSpec, compress, decompress, matrix_shape, planned_encoding, topk_count
+from training.compress import CompressionSpec
 from training.data import CropSet
 from training.evaluate import evaluate
 from training.local import float_keys
+from training.replay import (
+    DENSE_MAX_REL_ERROR,
+    POWERSGD_MAX_REL_ERROR,
+    POWERSGD_MIN_COSINE,
+    TOPK_DRIFT_ATOL,
+    TOPK_MAX_VIOLATIONS,
+    TOPK_MIN_COSINE,
+    replay_check,
+)
 
-# Thresholds. Figures from tests/training/test_verify.py::test_replay_thresholds_separate_honest_from_fabricated
-# (`pytest -s` prints them: coloured squares, smallcnn, 10 local steps, 6 rounds), from 15-round runs of the same
-# setup (20 steps), and from bench/train_comm.py's last round on rendered product crops (25 steps, round 24).
-# docs/training.md, "Verification", has the tables.
-#
-# none/fp16/int8: relative error of the claimed update to the replay put through the same quantiser. Honest CPU
-# replica: 0 (bit-identical). Replay from weights nudged by 1e-6 (a stand-in for GPU/CPU float drift: no GPU was
-# available to measure it): 2e-6 to 2.2e-3. A lazy node (¼ of the steps): 0.73 to 0.95. A random update of the
-# same per-layer norms: 1.41 to 1.42.
-DENSE_MAX_REL_ERROR = 0.05
-# topk, given the node's previous update: coordinates outside the residual bound (see _topk_bound_check).
-# Honest and nudged replays: 0 in every round measured (21 rounds). Random updates: 7 to 6417 on squares (fewest
-# late, when the residual is 10-92× the update), 21 on product crops; lazy nodes: 16 to 12583, and 7. The drift
-# allowance is per coordinate, a fraction of the layer's largest replayed magnitude.
-TOPK_DRIFT_ATOL = 0.01
-TOPK_MAX_VIOLATIONS = 0
-# topk without the previous update (a weak test): cosine on the sent coordinates. Honest 0.67 to 1.0 over the
-# first 10 rounds on squares, but 0.03 to 0.41 in rounds 10-14, once the residual is 30-90× the update; random
-# updates -0.43 to 0.42 (few coordinates, heavy-tailed replay).
-TOPK_MIN_COSINE = 0.5
-# powersgd (a weak test): cosine in the node's sent subspace. Honest 0.33 to 1.0 on squares (6 rounds), 0.74 on
-# product crops, but 0.09 to 0.31 from round 3 of 20-step rounds on squares; random updates -0.07 to 0.09; a
-# lazy node passes (0.2 to 0.9).
-POWERSGD_MIN_COSINE = 0.1
+__all__ = [
+    "DENSE_MAX_REL_ERROR",
+    "POWERSGD_MAX_REL_ERROR",
+    "POWERSGD_MIN_COSINE",
+    "TOPK_DRIFT_ATOL",
+    "TOPK_MAX_VIOLATIONS",
+    "TOPK_MIN_COSINE",
+    "Candidate",
+    "RoundVerdict",
+    "Thresholds",
+    "check_update",
+    "loss_check",
+    "norm_check",
+    "progress_check",
+    "replay_check",
+    "round_verdict",
+    "shard_progress",
+    "update_norm",
+]
+
 # Norm bound: reject an update whose norm exceeds this many times the median of the round's norms.
 NORM_FACTOR = 3.0
+# Crops of the node's own shard the progress check evaluates on (all of a smaller shard).
+PROGRESS_SAMPLE = 256
 
 
 def update_norm(delta: dict[str, Tensor]) -> float:
@@ -80,143 +87,6 @@ def norm_check(norm: float, round_norms: list[float], factor: float = NORM_FACTO
     return ok, f"update norm {norm:.4g} {'≤' if ok else '>'} {factor:g} × round median {median:.4g}"
 
 
-def _flat(delta: dict[str, Tensor], names: list[str]) -> Tensor:
-    return torch.cat([delta[n].detach().to("cpu", torch.float64).reshape(-1) for n in names])
-
-
-def _cosine(a: Tensor, b: Tensor) -> float:
-    na, nb = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(torch.dot(a, b)) / (na * nb)
-
-
-def _sent_threshold(values: Tensor, k: int) -> tuple[Tensor, float]:
-    """(sent mask, τ) of a top-k layer as received: τ = the smallest sent magnitude, every unsent |x| ≤ τ.
-
-    A sent value can be exactly 0 only when the layer had fewer than k non-zero values; then τ = 0."""
-    sent = values != 0
-    count = int(sent.sum())
-    tau = float(values[sent].abs().min()) if count >= k and count else 0.0
-    return sent, tau
-
-
-def _residual_bound(previous: dict[str, Tensor], name: str, spec: CompressionSpec) -> Tensor:
-    """Per coordinate, the largest |residual| an honest node can carry into this round, from its previous update:
-    0 where it sent the coordinate (or the whole layer dense), the previous τ elsewhere."""
-    prev = previous[name].detach().to("cpu", torch.float64).reshape(-1)
-    if planned_encoding(tuple(previous[name].shape), spec) == "dense":
-        return torch.zeros_like(prev)
-    sent, tau = _sent_threshold(prev, topk_count(prev.numel(), spec.topk_fraction))
-    return torch.where(sent, torch.zeros_like(prev), torch.full_like(prev, tau))
-
-
-def _topk_bound_check(
-    claimed: dict[str, Tensor], replayed: dict[str, Tensor], spec: CompressionSpec, previous: dict[str, Tensor]
-) -> tuple[bool, str]:
-    # With error feedback the node sends top-k(δ + e), e its residual. The marketplace does not know e, but it
-    # knows a bound on it from the node's previous update: after top-k, what stays behind is 0 on the sent
-    # coordinates and at most τ_prev (the smallest value sent) on the others. So an honest update satisfies,
-    # per layer, exactly (up to float drift):   sent j: |c_j − δ_j| ≤ B_j     unsent j: |δ_j| ≤ τ + B_j
-    # A fabricated update breaks the first on the coordinates it invents and the second where δ is large.
-    violations = checked = sent_total = 0
-    for name in sorted(replayed):
-        c = claimed[name].detach().to("cpu", torch.float64).reshape(-1)
-        r = replayed[name].detach().to("cpu", torch.float64).reshape(-1)
-        bound = _residual_bound(previous, name, spec)
-        atol = TOPK_DRIFT_ATOL * float(r.abs().max()) if r.numel() else 0.0
-        if planned_encoding(tuple(claimed[name].shape), spec) == "dense":
-            violations += int(((c - r).abs() > bound + atol).sum())
-            checked += c.numel()
-            sent_total += c.numel()
-            continue
-        k = topk_count(c.numel(), spec.topk_fraction)
-        sent, tau = _sent_threshold(c, k)
-        if int(sent.sum()) > k:
-            return False, f"{name}: {int(sent.sum())} coordinates sent, top-k allows {k}"
-        violations += int(((c - r).abs() > bound + atol)[sent].sum())
-        violations += int((r.abs() > tau + bound + atol)[~sent].sum())
-        checked += c.numel()
-        sent_total += int(sent.sum())
-    ok = violations <= TOPK_MAX_VIOLATIONS
-    return ok, (
-        f"{violations} of {checked} coordinates ({sent_total} sent) outside the residual bound of the previous "
-        f"update ({'≤' if ok else '>'} {TOPK_MAX_VIOLATIONS} allowed)"
-    )
-
-
-def _subspace_cosine(claimed: dict[str, Tensor], replayed: dict[str, Tensor], spec: CompressionSpec) -> float:
-    # PowerSGD sends P Qᵀ with Qᵀ = Pᵀ(δ + e): compare Pᵀc with Pᵀδ, the replay seen through the node's P.
-    a: list[Tensor] = []
-    b: list[Tensor] = []
-    for name in sorted(replayed):
-        c = claimed[name].detach().to("cpu", torch.float64)
-        r = replayed[name].detach().to("cpu", torch.float64)
-        if planned_encoding(tuple(c.shape), spec) == "lowrank":
-            rows, cols = matrix_shape(tuple(c.shape))
-            cm, rm = c.reshape(rows, cols), r.reshape(rows, cols)
-            p = torch.linalg.svd(cm, full_matrices=False).U[:, : min(spec.rank, rows, cols)]
-            a.append((p.T @ cm).reshape(-1))
-            b.append((p.T @ rm).reshape(-1))
-        else:
-            a.append(c.reshape(-1))
-            b.append(r.reshape(-1))
-    return _cosine(torch.cat(a), torch.cat(b))
-
-
-def replay_check(
-    claimed: dict[str, Tensor],
-    replayed: dict[str, Tensor],
-    compression: CompressionSpec,
-    *,
-    previous: dict[str, Tensor] | None = None,
-) -> tuple[bool, str]:
-    """Compare a node's claimed update (decompressed) with the marketplace's replay of its local steps.
-
-    `replayed` is the raw delta of `train_local` from the same global weights, shard, hyper-parameters and seed.
-    - none/fp16/int8: relative error against the replay put through the same quantiser.
-    - topk: with `previous` (the last update this node sent for this job, decompressed, whichever round and shard
-      it was; all zeros if none), an exact test that needs no knowledge of the residual (`_topk_bound_check`);
-      without it, the weaker cosine on the sent coordinates, which an honest node fails once its residual
-      dominates (docs/training.md).
-    - powersgd: cosine in the node's sent subspace.
-    Returns (ok, reason naming the measured figure and the threshold).
-    """
-    if set(claimed) != set(replayed):
-        return False, "claimed and replayed updates have different layers"
-    names = sorted(replayed)
-    for name in names:
-        if claimed[name].shape != replayed[name].shape:
-            return False, f"{name}: claimed shape {tuple(claimed[name].shape)} != {tuple(replayed[name].shape)}"
-    c = _flat(claimed, names)
-    if not bool(torch.isfinite(c).all()):
-        return False, "claimed update has non-finite values"
-    if not bool(torch.isfinite(_flat(replayed, names)).all()):
-        return False, "the replay diverged (non-finite values): nothing to compare with"
-    if compression.name in ("none", "fp16", "int8"):
-        payload, _ = compress(replayed, compression)
-        r = _flat(decompress(payload), names)
-        scale = float(torch.linalg.vector_norm(r))
-        err = float(torch.linalg.vector_norm(c - r)) / scale if scale > 0 else float(torch.linalg.vector_norm(c))
-        ok = err <= DENSE_MAX_REL_ERROR
-        return ok, f"relative error to the replay {err:.3g} {'≤' if ok else '>'} {DENSE_MAX_REL_ERROR:g}"
-    if compression.name == "topk":
-        if previous is not None:
-            if set(previous) != set(replayed):
-                raise ValueError("previous update has other layers than the replay")
-            return _topk_bound_check(claimed, replayed, compression, previous)
-        sent = c != 0
-        cos = _cosine(c[sent], _flat(replayed, names)[sent])
-        ok = cos >= TOPK_MIN_COSINE
-        return ok, (
-            f"cosine with the replay on the {int(sent.sum())} sent coordinates {cos:.3f} {'≥' if ok else '<'} "
-            f"{TOPK_MIN_COSINE:g} (no previous update given: weak test)"
-        )
-    cos = _subspace_cosine(claimed, replayed, compression)
-    ok = cos >= POWERSGD_MIN_COSINE
-    return ok, f"cosine with the replay in the sent subspace {cos:.3f} {'≥' if ok else '<'} {POWERSGD_MIN_COSINE:g}"
-
-
 def loss_check(
     model: str,
     num_classes: int,
@@ -243,17 +113,54 @@ def loss_check(
     )
 
 
+def shard_progress(
+    model: str,
+    num_classes: int,
+    image_size: int,
+    state: dict[str, Tensor],
+    delta: dict[str, Tensor],
+    shard: CropSet,
+    *,
+    sample: int = PROGRESS_SAMPLE,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[float, float]:
+    """The loss of `state` and of `state` + `delta` on a sample of the node's own shard (the same `sample` crops,
+    drawn from `seed`): an update trained on that shard must lower it (`round_verdict`, the progress check)."""
+    if len(shard) > sample:
+        pick = torch.randperm(len(shard), generator=torch.Generator().manual_seed(seed))[:sample]
+        shard = CropSet(shard.images[pick], shard.labels[pick], shard.classes)
+    before = evaluate(model, num_classes, image_size, state, shard, device)["loss"]
+    after = evaluate(model, num_classes, image_size, apply(state, delta), shard, device)["loss"]
+    return before, after
+
+
+def progress_check(before: float, after: float, min_progress: float) -> tuple[bool, str]:
+    """Whether the loss on the node's own shard fell by at least `min_progress` (a fraction of `before`)."""
+    gain = (before - after) / before if before > 0 else 0.0
+    ok = math.isfinite(after) and gain >= min_progress
+    return ok, (
+        f"loss on the node's own shard {before:.4f} → {after:.4f} ({100 * gain:+.1f} %; "
+        f"{'≥' if ok else '<'} {100 * min_progress:g} % needed)"
+    )
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One well-formed update of a round, as the verdict sees it. `replay` redoes the node's local steps (called
-    only for the updates chosen for a replay); `previous` gives the node's last update before this one (top-k's
-    exact replay test needs it; zeros if none)."""
+    only for the updates chosen for a replay); `previous` gives the node's last update before this one (the exact
+    replay tests of top-k and PowerSGD need it; zeros if none); `shard` loads the node's own shard (the progress
+    check); `seed` is the one the node's compression used; `replay_probability` the chance it is replayed
+    (the marketplace's reputation rule)."""
 
     key: str
     delta: dict[str, Tensor]
     samples: float
     replay: Callable[[], dict[str, Tensor]]
     previous: Callable[[], dict[str, Tensor]]
+    shard: Callable[[], CropSet] | None = None
+    seed: int | None = None
+    replay_probability: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -261,7 +168,10 @@ class Thresholds:
     norm_factor: float
     suspicious_factor: float
     loss_tolerance: float
-    replay_share: float
+    # Below this × the reference norm an update made no measurable progress (a zero update always is).
+    min_norm_fraction: float = 0.0
+    # The least relative fall of the loss on the node's own shard (with a shard to measure on).
+    min_shard_progress: float = 0.0
 
 
 @dataclass
@@ -271,6 +181,10 @@ class RoundVerdict:
     norms: dict[str, float] = field(default_factory=dict)
     reference_norm: float = 0.0
     replayed: list[str] = field(default_factory=list)
+    # Rejected updates that are proof of work not done (no progress, or a failed replay): the caller bans the node.
+    caught: list[str] = field(default_factory=list)
+    # Relative fall of the loss on each update's own shard.
+    progress: dict[str, float] = field(default_factory=dict)
 
 
 def round_verdict(
@@ -291,10 +205,13 @@ def round_verdict(
 
     The reference norm is the median of this round's update norms when there are three or more (a minority of
     poisoned ones cannot move it); with fewer, `history` (last round's accepted norms) joins them, since the
-    median of two is their mean and one huge update would drag it up. An update is rejected when its norm exceeds
-    norm_factor × the reference, or when, applied at the weight it would have in the aggregate, it raises the
-    held-out loss by more than the tolerance; a random share of the rest (replay_share), and every update whose
-    norm exceeds suspicious_factor × the reference, is replayed and must match (`replay_check`).
+    median of two is their mean and one huge update would drag it up. In order, an update is rejected when:
+    its norm exceeds norm_factor × the reference; it is zero or below min_norm_fraction × the reference (no
+    measurable progress: caught); applied at the weight it would have in the aggregate, it raises the held-out
+    loss by more than the tolerance; applied alone, it lowers the loss on a sample of the node's own shard by
+    less than min_shard_progress (caught); or, replayed, it does not match (`replay_check`: caught). Replayed are
+    every update whose norm exceeds suspicious_factor × the reference and the others with their candidate's
+    replay_probability, drawn from `chooser` in key order (seed it for a reproducible choice).
     """
     verdict = RoundVerdict()
     verdict.norms = {c.key: float(update_norm(c.delta)) for c in candidates}
@@ -304,10 +221,19 @@ def round_verdict(
     total = sum(c.samples for c in candidates)
     for candidate in sorted(candidates, key=lambda c: c.key):
         key, norm = candidate.key, verdict.norms[candidate.key]
+        # Drawn first, for every candidate, so one candidate's outcome never shifts another's draw.
+        draw = chooser.random()
         if reference > 0 and norm > thresholds.norm_factor * reference:
             verdict.rejected[key] = (
                 f"update norm {norm:.4g} exceeds {thresholds.norm_factor:g}× the round's median {reference:.4g}"
             )
+            continue
+        if norm == 0.0 or norm < thresholds.min_norm_fraction * reference:
+            verdict.rejected[key] = (
+                f"no measurable progress: update norm {norm:.4g} below {thresholds.min_norm_fraction:g}× the "
+                f"round's median {reference:.4g}"
+            )
+            verdict.caught.append(key)
             continue
         # Judged at the weight it would have in the aggregate: alone at full weight, an honest update that did
         # many local steps overfits its shard and raises held-out loss late in training (docs/training.md).
@@ -324,18 +250,30 @@ def round_verdict(
         if not ok:
             verdict.rejected[key] = f"held-out loss check failed: {why}"
             continue
+        if candidate.shard is not None:
+            before, after = shard_progress(
+                model, num_classes, image_size, state, candidate.delta, candidate.shard(), seed=round_index
+            )
+            verdict.progress[key] = (before - after) / before if before > 0 else 0.0
+            ok, why = progress_check(before, after, thresholds.min_shard_progress)
+            if not ok:
+                verdict.rejected[key] = f"no measurable progress: {why}"
+                verdict.caught.append(key)
+                continue
         # Honest norms differ a lot between shards, so standing out is a reason to look, not to reject.
         suspicious = reference > 0 and norm > thresholds.suspicious_factor * reference
-        if suspicious or chooser.random() < thresholds.replay_share:
+        if suspicious or draw < candidate.replay_probability:
             verdict.replayed.append(key)
             ok, why = replay_check(
                 candidate.delta,
                 candidate.replay(),
                 compression,
-                previous=candidate.previous() if compression.name == "topk" else None,
+                previous=candidate.previous() if compression.keeps_residual else None,
+                seed=candidate.seed,
             )
             if not ok:
                 verdict.rejected[key] = f"replay check failed: {why}"
+                verdict.caught.append(key)
                 continue
             verdict.accepted[key] = f"accepted in round {round_index}; replayed: {why}"
         else:

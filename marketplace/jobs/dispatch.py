@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.core.enqueue import schedule_request
-from marketplace.jobs import kinds
+from marketplace.jobs import diversity, kinds
 from marketplace.jobs.kinds import SpotCheckedKind
 from marketplace.jobs.models import (
     ASSIGNMENT_ATTEMPT_LOST,
@@ -73,18 +73,27 @@ def _price_ok(job: Job, node: Node) -> bool:
     return minimum is None or int(minimum) <= job.price_per_replica
 
 
+@dataclass(frozen=True)
+class LeaseOutcome:
+    """A new assignment; or none, with `node_full` when the node has no room (or, on probation, holds all it may)
+    and `refused` naming the rule when this node may not hold a replica of this task."""
+
+    assignment: Assignment | None
+    node_full: bool = False
+    refused: str = ""
+
+
 class _NoLease(Exception):
     """Roll back a half-made claim."""
 
-
-@dataclass(frozen=True)
-class LeaseOutcome:
-    assignment: Assignment | None
-    node_full: bool = False
+    def __init__(self, outcome: LeaseOutcome | None = None) -> None:
+        super().__init__()
+        self.outcome = outcome or LeaseOutcome(None)
 
 
 def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> LeaseOutcome:
-    """Claim one replica of `task` for `node`, or nothing if either has no room left."""
+    """Claim one replica of `task` for `node`, or nothing if either has no room left, the node is on probation and
+    holds all it may, or another replica of the task is its operator's or on its network (see `diversity`)."""
     now = now or timezone.now()
     job = task.job
     start, lease = lease_windows(job.kind)
@@ -95,12 +104,22 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
                 busy_slots=F("busy_slots") + 1
             ):
                 return LeaseOutcome(None, node_full=True)
+            # Read under the node's row lock: what it holds and where it is cannot change until we commit.
+            fresh = Node.objects.only("id", "operator_id", "address", "valid_count").get(id=node.id)
+            if diversity.probation_full(fresh):
+                raise _NoLease(LeaseOutcome(None, node_full=True))
             if not Task.objects.filter(
                 id=task.id, state__in=LEASABLE_TASK_STATES, live_replicas__lt=F("replicas_wanted")
             ).update(live_replicas=F("live_replicas") + 1, state=TaskState.RUNNING, updated_at=now):
                 raise _NoLease
             if not Job.objects.filter(id=job.id, state=JobState.RUNNING).exists():
                 raise _NoLease
+            # Under the task's row lock (the UPDATE above): a concurrent lease of this task waits for our commit and
+            # then sees our replica, so two nodes of one operator or network cannot both pass.
+            why = diversity.conflict(diversity.holder_of(fresh), diversity.holders([task.id]).get(task.id, []))
+            if why:
+                logger.info("task %s of job %s not leased to node %s: %s", task.index, job.id, node.id, why)
+                raise _NoLease(LeaseOutcome(None, refused=why))
             # One task of a group (a training round) per node. The node's row is locked by the UPDATE above,
             # so two schedulers cannot both give this node a task of the group.
             if (
@@ -126,8 +145,8 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
             _maybe_spot_check(task=task, job=job, node=node)
             message = assignment_message(assignment=assignment, task=task, job=job)
             transaction.on_commit(lambda: broker.assignment_publish(node_id=node.id, message=message))
-    except _NoLease:
-        return LeaseOutcome(None)
+    except _NoLease as refused:
+        return refused.outcome
     logger.info("assignment %s: task %s of job %s leased to node %s", assignment.id, task.index, job.id, node.id)
     return LeaseOutcome(assignment)
 
@@ -176,7 +195,8 @@ def _node_order(nodes: list[Node]) -> list[Node]:
 
 
 def schedule(*, limit: int = 1000) -> list[UUID]:
-    """Lease pending replicas to online nodes with room, the right capabilities and an acceptable price."""
+    """Lease pending replicas to online nodes with room, the right capabilities and an acceptable price, each
+    replica of a task to another operator and network, and little to nodes on probation."""
     nodes = _node_order(list(nodes_online().filter(accepting=True, busy_slots__lt=F("slots"))))
     if not nodes:
         return []
@@ -193,10 +213,14 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
         return []
     task_ids = [t.id for t in tasks]
     taken = set(Assignment.objects.filter(task_id__in=task_ids).values_list("task_id", "node_id"))
+    held = diversity.holders(task_ids)
     blocked = set(
         JobNodeBlock.objects.filter(job_id__in={t.job_id for t in tasks}, blocked=True).values_list("job_id", "node_id")
     )
     room = {n.id: n.slots - n.busy_slots for n in nodes}
+    for node_id, allowed in diversity.probation_room(nodes).items():
+        room[node_id] = min(room[node_id], allowed)
+    whose = {n.id: diversity.holder_of(n) for n in nodes}
     leased: list[UUID] = []
     for task in tasks:
         wanted = task.replicas_wanted - task.live_replicas
@@ -207,6 +231,10 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
                 continue
             if not _price_ok(task.job, node) or not capabilities_satisfy(task.requirements, node.capabilities):
                 continue
+            why = diversity.conflict(whose[node.id], held[task.id])
+            if why:
+                logger.debug("task %s of job %s skips node %s: %s", task.index, task.job_id, node.id, why)
+                continue
             outcome = assignment_lease(task=task, node=node)
             if outcome.node_full:
                 room[node.id] = 0
@@ -214,8 +242,9 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
                 room[node.id] -= 1
                 wanted -= 1
                 taken.add((task.id, node.id))
+                held[task.id].append(whose[node.id])
                 leased.append(outcome.assignment.id)
-            else:
+            elif not outcome.refused:
                 break  # the task filled up under us
         if not any(r > 0 for r in room.values()):
             break
@@ -241,9 +270,21 @@ def assignment_end(*, assignment_id: UUID, to: str, reason: str = "", **fields: 
             Node.objects.filter(id=node_id, busy_slots__gt=0).update(busy_slots=F("busy_slots") - 1)
         if to not in ASSIGNMENT_LIVE:
             Task.objects.filter(id=task_id, live_replicas__gt=0).update(live_replicas=F("live_replicas") - 1)
+        if to in ASSIGNMENT_ATTEMPT_LOST or to == AssignmentState.RELEASED:
+            _spot_check_undo(task_id=task_id)
         if to in ASSIGNMENT_ATTEMPT_LOST:
             _attempt_lost(task_id=task_id, node_id=node_id, expired=to == AssignmentState.EXPIRED, reason=reason)
     return True
+
+
+def _spot_check_undo(*, task_id: UUID) -> None:
+    """A spot-checked task (a trusted node's sole replica) whose replica was handed back or lost is replicated in
+    full again: the next node to take it may be anyone, and must not inherit the trusted node's weaker check."""
+    replication = Job.objects.filter(tasks__id=task_id).values_list("replication", flat=True).first()
+    if replication and Task.objects.filter(id=task_id, spot_check=True).update(
+        spot_check=False, replicas_wanted=replication
+    ):
+        logger.info("task %s: its spot-checked replica ended; back to %d replicas", task_id, replication)
 
 
 def _attempt_lost(*, task_id: UUID, node_id: UUID, expired: bool, reason: str) -> None:
@@ -259,8 +300,23 @@ def _attempt_lost(*, task_id: UUID, node_id: UUID, expired: bool, reason: str) -
     if block.failures >= settings.HASHWORK["JOB_NODE_MAX_FAILURES"] and not block.blocked:
         JobNodeBlock.objects.filter(id=block.id).update(blocked=True)
         logger.warning("node %s blocked from job %s after %d failures", node_id, task.job_id, block.failures)
-    if task.lost_attempts >= settings.HASHWORK["MAX_LOST_ATTEMPTS"] and task.state in LEASABLE_TASK_STATES:
-        task_fail(task=task, reason=f"{task.lost_attempts} attempts expired or failed; last: {reason or 'no reason'}")
+    if task.state not in LEASABLE_TASK_STATES:
+        return
+    # Losses count once per operator: one operator's throwaway nodes, however many, cannot fail a task (and its
+    # job); the job's deadline still ends a task that nobody finishes.
+    operators, needed = diversity.lost_operators(task_id), settings.HASHWORK["TASK_FAIL_OPERATORS"]
+    last = reason or "no reason"
+    if operators >= needed:
+        task_fail(
+            task=task,
+            reason=f"{task.lost_attempts} attempts expired or failed, on nodes of {operators} distinct operators "
+            f"(TASK_FAIL_OPERATORS={needed}); last: {last}",
+        )
+    else:
+        logger.info(
+            "task %s of job %s lost attempt %d (node %s: %s); nodes of %d of the %d distinct operators that fail it",
+            task.index, task.job_id, task.lost_attempts, node_id, last, operators, needed,
+        )  # fmt: skip
 
 
 def task_fail(*, task: Task, reason: str) -> None:

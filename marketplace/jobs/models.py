@@ -68,7 +68,9 @@ ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     AssignmentState.ACCEPTED: frozenset({AssignmentState.SUBMITTED}),
     AssignmentState.REJECTED: frozenset({AssignmentState.SUBMITTED}),
     AssignmentState.EXPIRED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
-    AssignmentState.CANCELLED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
+    # SUBMITTED → CANCELLED: a replica that can no longer be judged (its task completed without it, or its job was
+    # cancelled with no replica to compare it with) is neither accepted nor paid, and no mark against the node.
+    AssignmentState.CANCELLED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING, AssignmentState.SUBMITTED}),
     AssignmentState.RELEASED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
     AssignmentState.FAILED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
 }

@@ -74,13 +74,15 @@ def result_list(*, job: Job) -> QuerySet[Result]:
 
 
 def result_get(*, result_id: UUID, poster_id: int) -> Result:
+    """A result the poster may download: only accepted (verified) replicas are the poster's. An unverified or
+    rejected one is "not found", so a poster cannot take work, then cancel before it is paid."""
     result = (
         Result.objects.select_related("assignment__task__job")
-        .filter(id=result_id, assignment__task__job__poster_id=poster_id)
+        .filter(id=result_id, assignment__task__job__poster_id=poster_id, assignment__state=AssignmentState.ACCEPTED)
         .first()
     )
     if result is None:
-        raise NotFound("No such result.")
+        raise NotFound("No such verified result: results are served once their replica is accepted.")
     return result
 
 

@@ -20,7 +20,7 @@ from marketplace.core import hooks
 from marketplace.jobs import kinds
 from marketplace.jobs.dispatch import assignment_end, task_fail
 from marketplace.jobs.kinds import DrivenKind, ReplicatedKind, SpotCheckedKind
-from marketplace.jobs.models import Assignment, AssignmentState, Result, Task, TaskState
+from marketplace.jobs.models import ASSIGNMENT_OPEN, Assignment, AssignmentState, Result, Task, TaskState
 from marketplace.jobs.services.jobs import job_complete_if_done
 from marketplace.jobs.transitions import task_transition
 from marketplace.nodes.models import Node
@@ -58,6 +58,8 @@ class _Plan:
 
     accept: list[tuple[str, str]] = field(default_factory=list)
     reject: list[tuple[str, str]] = field(default_factory=list)
+    # Replicas nobody will judge (late, or their job stopped with nothing to compare): unpaid, no mark.
+    cancel: list[tuple[str, str]] = field(default_factory=list)
     complete: bool = False
     # No majority yet: decide under the lock whether one more replica is leased or the task fails.
     undecided: bool = False
@@ -118,16 +120,14 @@ def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _
         except ValueError as exc:
             plan.reject.append((aid, f"malformed result: {exc}"))
     if task.state == TaskState.COMPLETED:
-        # Late replicas: each must agree with what was accepted.
-        accepted = [values[a] for a in sorted(values) if states[a] == AssignmentState.ACCEPTED]
-        for a, value in sorted(values.items()):
-            if states[a] != AssignmentState.SUBMITTED:
-                continue
-            if any(kind.agree(good, value) for good in accepted):
-                plan.accept.append((a, "agrees with the quorum"))
-            else:
-                plan.reject.append((a, _why(kind, "differs from the accepted result", accepted, value)))
+        # The task completed without these (its surplus replicas are stopped as it completes, and a result for a
+        # completed task is refused with 409): neither accepted nor paid, and no mark against their nodes.
+        for a in sorted(values):
+            if states[a] == AssignmentState.SUBMITTED:
+                plan.cancel.append((a, "arrived after its task completed: not accepted, not paid"))
         return plan
+    if task.state in (TaskState.CANCELLED, TaskState.FAILED):
+        return _judge_stopped(task=task, kind=kind, plan=plan, values=values)
     if task.state != TaskState.RUNNING:
         return plan
     if task.spot_check and isinstance(kind, SpotCheckedKind) and values:
@@ -153,6 +153,32 @@ def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _
     return plan
 
 
+def _judge_stopped(*, task: Task, kind: ReplicatedKind[Any], plan: _Plan, values: dict[str, Any]) -> _Plan:
+    """Replicas submitted before their job was cancelled, failed or expired are judged with what is there:
+    verified work is paid (cancelling never takes it for free); a replica nothing can verify any more (no other
+    replica to compare it with) is cancelled, unpaid and with no mark against its node."""
+    if not values:
+        return plan
+    if task.spot_check and isinstance(kind, SpotCheckedKind):
+        assignment_id, value = next(iter(values.items()))
+        ok, reason = kind.spot_check(task, value)
+        if ok:
+            plan.accept.append((assignment_id, "passed its spot check"))
+        else:
+            plan.reject.append((assignment_id, f"spot check failed: {reason}"))
+        return plan
+    verdict = kinds.decide(values, quorum=_quorum(task), agree=kind.agree)
+    if verdict.needs_another_replica:
+        why = f"its job stopped ({task.state}) before another replica could verify it: not paid"
+        plan.cancel.extend((a, why) for a in sorted(values))
+        return plan
+    plan.accept.extend((a, "agrees with the quorum") for a in sorted(verdict.accepted))
+    winners = [values[a] for a in sorted(verdict.accepted)]
+    for a in sorted(verdict.rejected):
+        plan.reject.append((a, _why(kind, "differs from the majority of replicas", winners, values[a])))
+    return plan
+
+
 def _quorum(task: Task) -> int:
     return min(2, task.job.replication)
 
@@ -163,8 +189,18 @@ def _apply(*, task: Task, plan: _Plan, nodes: dict[str, UUID], replicas: int) ->
         assignment_accept(UUID(a), nodes[a], why)
     for a, why in plan.reject:
         assignment_reject(UUID(a), nodes[a], why)
+    for a, why in plan.cancel:
+        if assignment_end(assignment_id=UUID(a), to=AssignmentState.CANCELLED, reason=why):
+            logger.info("assignment %s of task %s cancelled: %s", a, task.id, why)
     if plan.complete:
         if task_transition(task_id=task.id, to=TaskState.COMPLETED):
+            # Surplus replicas still leased or running are stopped: the task needs them no more, and their
+            # results would be refused (409); their agents hear it at their next heartbeat.
+            surplus = Assignment.objects.filter(task_id=task.id, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
+            for surplus_id in list(surplus):
+                assignment_end(
+                    assignment_id=surplus_id, to=AssignmentState.CANCELLED, reason="its task completed without it"
+                )
             job_id = task.job_id
             transaction.on_commit(lambda: job_complete_if_done(job_id=job_id))
         return TaskState.COMPLETED

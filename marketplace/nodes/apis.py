@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.api.errors import ERRORS
+from marketplace.api.errors import ERRORS, ErrorSerializer
 from marketplace.api.pagination import Pagination
 from marketplace.core.enqueue import schedule_request
 from marketplace.jobs import dispatch
@@ -19,7 +20,13 @@ from marketplace.jobs.services import node_heartbeat
 from marketplace.nodes import services
 from marketplace.nodes.authentication import NodeApiView
 from marketplace.nodes.models import Node
+from marketplace.nodes.network import client_address
 from protocol import PROTOCOL, UPGRADE
+
+
+def request_address(request: Request) -> str | None:
+    """Where `request` comes from: REMOTE_ADDR, or X-Forwarded-For behind a proxy listed in TRUSTED_PROXIES."""
+    return client_address(request.META, trusted_proxies=settings.HASHWORK["TRUSTED_PROXIES"])
 
 
 class NodeEnrollInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -45,6 +52,7 @@ class NodeOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
             "is_active",
             "is_online",
             "last_heartbeat",
+            "address",
             "valid_count",
             "invalid_count",
             "expired_count",
@@ -64,13 +72,29 @@ class NodeEnrollApi(APIView):
     @extend_schema(
         operation_id="nodes_enroll",
         request=NodeEnrollInputSerializer,
-        responses={201: NodeEnrollOutputSerializer, 400: ERRORS[400], 401: ERRORS[401]},
+        responses={
+            201: NodeEnrollOutputSerializer,
+            400: ERRORS[400],
+            401: ERRORS[401],
+            429: OpenApiResponse(
+                ErrorSerializer, description="The operator's hourly enrolment limit is reached; see Retry-After."
+            ),
+        },
         description="An operator registers a node; the response carries the node's credentials (shown once).",
     )
     def post(self, request: Request) -> Response:
         data = NodeEnrollInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        enrolment = services.node_enroll(operator=request.user, **data.validated_data)
+        try:
+            enrolment = services.node_enroll(
+                operator=request.user, address=request_address(request), **data.validated_data
+            )
+        except services.EnrolmentRateLimited as exc:
+            return Response(
+                {"message": exc.message, "extra": exc.extra},
+                status=exc.status,
+                headers={"Retry-After": str(exc.extra["retry_after_seconds"])},
+            )
         body = NodeEnrollOutputSerializer(
             {
                 "node": enrolment.node,
@@ -147,6 +171,7 @@ class NodeHeartbeatApi(NodeApiView):
     def post(self, request: Request) -> Response:
         data = NodeHeartbeatInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        services.node_address_record(node=request.auth, address=request_address(request))
         beat = node_heartbeat(
             node=request.auth,
             capabilities=data.validated_data.get("capabilities"),

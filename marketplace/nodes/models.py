@@ -25,6 +25,9 @@ class Node(models.Model):
     min_price = models.JSONField(default=dict, help_text="{kind: minimum price per replica in base units}.")
     is_active = models.BooleanField(default=True, help_text="Removed or banned nodes are inactive.")
     last_heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Where the node's requests come from, as the marketplace sees them (enrolment, then every heartbeat): replicas
+    # of one task go to nodes on distinct networks (marketplace.nodes.network).
+    address = models.GenericIPAddressField(null=True, blank=True)
     valid_count = models.PositiveIntegerField(default=0)
     invalid_count = models.PositiveIntegerField(default=0)
     expired_count = models.PositiveIntegerField(default=0)

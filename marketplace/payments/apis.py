@@ -1,6 +1,8 @@
-"""Thin API views for money: where the escrow is, and a node's earnings."""
+"""Thin API views for money: where the escrow is, a job's escrow account, and a node's earnings."""
 
 from __future__ import annotations
+
+from uuid import UUID
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -9,10 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.api.errors import ERRORS
+from marketplace.api.errors import ERRORS, error_responses
 from marketplace.api.fields import TokenAmountField
+from marketplace.jobs import selectors as job_selectors
 from marketplace.nodes.authentication import NodeApiView
-from marketplace.payments import selectors
+from marketplace.payments import selectors, services
 from marketplace.payments.models import Payout
 
 
@@ -63,3 +66,53 @@ class NodeEarningsApi(NodeApiView):
                 }
             ).data
         )
+
+
+class SettlementOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    refused_step = serializers.CharField(help_text="release or close")
+    refusals = serializers.IntegerField(help_text="Refusals in a row.")
+    last_error = serializers.CharField(help_text="The escrow's decoded reason.")
+    retry_at = serializers.DateTimeField(help_text="When the marketplace tries again.")
+
+
+class JobEscrowOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    job = serializers.UUIDField()
+    escrow_id = serializers.CharField(
+        allow_null=True, help_text="The bytes32 id to fund (0x-hex): your wallet's 20 bytes, then 12 of the job's."
+    )
+    wallet = serializers.CharField(allow_null=True, help_text="The only wallet that can fund escrow_id first.")
+    max_payouts = serializers.IntegerField(help_text="fund()'s maxPayouts: the job's terms.")
+    max_payout = TokenAmountField(help_text="fund()'s maxPayout, base units: the price per replica.")
+    deadline_min = serializers.IntegerField(
+        help_text="The earliest escrow deadline (unix seconds) that starts the job: its deadline plus the margin."
+    )
+    funding = TokenAmountField(help_text="The amount to fund: every replica's price plus the escrow's fee.")
+    settlement = SettlementOutputSerializer(allow_null=True, help_text="The last refused release or close.")
+    closed_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobEscrowBindInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    wallet = serializers.CharField(help_text="The wallet you will fund the job from (0x-address).")
+
+
+class JobEscrowApi(APIView):
+    @extend_schema(
+        operation_id="jobs_escrow_retrieve", responses={200: JobEscrowOutputSerializer, **error_responses(401, 404)}
+    )
+    def get(self, request: Request, job_id: UUID) -> Response:
+        job = job_selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        return Response(JobEscrowOutputSerializer(selectors.job_escrow(job=job)).data)
+
+    @extend_schema(
+        operation_id="jobs_escrow_bind",
+        request=JobEscrowBindInputSerializer,
+        responses={200: JobEscrowOutputSerializer, **error_responses(400, 401, 404, 409)},
+        description="Choose the wallet a draft job is funded from: the answer's escrow_id is the id to fund, with "
+        "max_payouts, max_payout and a deadline of at least deadline_min. Deposits to any other id do not count.",
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        job = job_selectors.job_get(job_id=job_id, poster_id=request.user.pk)
+        data = JobEscrowBindInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.escrow_bind(job_id=job.id, wallet=data.validated_data["wallet"])
+        return Response(JobEscrowOutputSerializer(selectors.job_escrow(job=job)).data)

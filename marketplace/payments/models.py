@@ -99,3 +99,33 @@ class Payout(models.Model):
 
     def __str__(self) -> str:
         return f"payout {self.payout_index} of job {self.job_id}: {self.amount} to {self.payee} ({self.state})"
+
+
+class SettlementStep(models.TextChoices):
+    RELEASE = "release"
+    CLOSE = "close"
+
+
+class JobSettlement(models.Model):
+    """A job's account in the escrow: its poster-bound escrow id, and how its settlement on chain goes. A refused
+    release or close is recorded here with the chain's decoded reason and retried with backoff; it never holds
+    up another job's settlement."""
+
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, primary_key=True, related_name="settlement")
+    # The escrow's bytes32 job id, 0x-hex: the poster's wallet (20 bytes) then the job id's first 12 bytes. Only
+    # deposits to this id count for the job; bound by the poster before funding (dashboard, API, fund-dev).
+    escrow_id = models.CharField(max_length=66, unique=True, null=True, blank=True)
+    poster_wallet = models.CharField(max_length=42, blank=True, default="")
+    refusals = models.PositiveIntegerField(default=0, help_text="Refusals in a row of the step below.")
+    refused_step = models.CharField(max_length=16, choices=SettlementStep.choices, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    refused_at = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_tx = models.CharField(max_length=66, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        if self.refusals:
+            return f"job {self.job_id}: {self.refused_step} refused {self.refusals}x ({self.last_error})"
+        return f"job {self.job_id}: settling" if self.closed_at is None else f"job {self.job_id}: closed"

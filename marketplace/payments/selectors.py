@@ -1,4 +1,4 @@
-"""Reads for money: a node's earnings, and what the chain looks like from outside."""
+"""Reads for money: a node's earnings, a job's escrow account, and what the chain looks like from outside."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from django.conf import settings
 from django.db.models import QuerySet
 from web3 import Web3
 
+from contracts.deploy import DEFAULT_FEE_BPS
 from contracts.errors import ChainError
+from marketplace.jobs.models import Job
 from marketplace.nodes.models import Node
 from marketplace.payments import chain
-from marketplace.payments.models import Payout, PayoutState
+from marketplace.payments.models import JobSettlement, Payout, PayoutState
+from marketplace.payments.services import escrow
+from marketplace.payments.services.payouts import funding_required
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,37 @@ def chain_info() -> dict[str, Any]:
         "token": dep.token,
         "fee_bps": chain.escrow(w3).fee_bps(),
     }
+
+
+def job_escrow(*, job: Job) -> dict[str, Any]:
+    """How a job is (to be) funded and settled in the escrow: its poster-bound id, the terms and deadline a
+    deposit must have, and the last refused release or close, if any."""
+    terms = escrow.funding_terms(job)
+    settlement = JobSettlement.objects.filter(job=job).first()
+    refused = settlement is not None and settlement.refusals > 0
+    return {
+        "job": job.id,
+        "escrow_id": settlement.escrow_id if settlement else None,
+        "wallet": settlement.poster_wallet or None if settlement else None,
+        "max_payouts": terms.max_payouts,
+        "max_payout": terms.max_payout,
+        "deadline_min": escrow.escrow_deadline_min(job),
+        "funding": funding_required(job=job, fee_bps=_fee_bps()),
+        "settlement": {
+            "refused_step": settlement.refused_step,
+            "refusals": settlement.refusals,
+            "last_error": settlement.last_error,
+            "retry_at": settlement.retry_at,
+        }
+        if refused and settlement is not None
+        else None,
+        "closed_at": settlement.closed_at if settlement else None,
+    }
+
+
+def _fee_bps() -> int:
+    try:
+        w3 = chain.web3()
+        return chain.escrow(w3).fee_bps()
+    except (chain.ChainNotConfigured, chain.ChainUnavailable, ChainError, FileNotFoundError, KeyError):
+        return DEFAULT_FEE_BPS

@@ -25,7 +25,8 @@ from marketplace.nodes.models import Node
 from marketplace.nodes.selectors import nodes_online
 from marketplace.payments import chain
 from marketplace.payments import selectors as payment_selectors
-from marketplace.payments.models import EntryKind, LedgerEntry, Payout, PayoutState
+from marketplace.payments import services as payment_services
+from marketplace.payments.models import EntryKind, JobSettlement, LedgerEntry, Payout, PayoutState
 from marketplace.payments.services import funding_required
 from marketplace.web.models import Profile
 
@@ -96,6 +97,8 @@ def job_page(*, job: Job) -> dict[str, Any]:
         "quote": tokens_format(job.quote),
         "output": output,
         "live": job.state in LIVE,
+        # A release or close the escrow refused: the reason and the next try (other jobs settle meanwhile).
+        "settlement": JobSettlement.objects.filter(job=job, refusals__gt=0).first(),
     }
     if job.kind == "train":
         context.update(_train_page(job))
@@ -123,11 +126,19 @@ def job_funding(*, job: Job) -> dict[str, Any] | None:
     offered; None once it is funded. Without a chain the page still works and says what is wrong."""
     if job.state != JobState.DRAFT:
         return None
+    terms = payment_services.funding_terms(job)
+    settlement = JobSettlement.objects.filter(job=job).first()
     info: dict[str, Any] = {
         "job_id": str(job.id),
         "amount": tokens_format(job.quote),
         "amount_base": str(job.quote),
-        "deadline": int(job.deadline.timestamp()),
+        # The escrow's deadline: the job's plus the settlement margin (a shorter one does not start the job).
+        "deadline": payment_services.escrow_deadline_min(job),
+        "margin_hours": settings.HASHWORK["ESCROW_SETTLEMENT_MARGIN_HOURS"],
+        "max_payouts": terms.max_payouts,
+        "max_payout": str(terms.max_payout),
+        "escrow_id": settlement.escrow_id if settlement else None,
+        "wallet": settlement.poster_wallet if settlement else None,
         "dev": bool(settings.HASHWORK["DEV_FUNDING"]),
     }
     if not settings.ETH_RPC_URL:
@@ -160,8 +171,9 @@ def job_refund(*, job: Job) -> dict[str, Any] | None:
     try:
         w3 = chain.web3()
         dep = chain.deployment(w3)
-        on_chain = dep.escrow_contract(w3).job_of(job.id)
-    except Exception:  # no refund offered is the safe answer to any chain trouble
+        key = payment_services.escrow_key(job.id)
+        on_chain = dep.escrow_contract(w3).job_of(key)
+    except Exception:  # no refund offered is the safe answer to any chain trouble (or no escrow id at all)
         return None
     if on_chain.funded == 0 or on_chain.remaining == 0:
         return None
@@ -169,6 +181,7 @@ def job_refund(*, job: Job) -> dict[str, Any] | None:
         "escrow": dep.escrow,
         "chain_id": dep.chain_id,
         "job_id": str(job.id),
+        "escrow_id": "0x" + key.hex(),
         "remaining": tokens_format(on_chain.remaining),
         "closed": on_chain.closed,
         "poster": on_chain.poster,

@@ -11,9 +11,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from marketplace.core.exceptions import Conflict
+from marketplace.core.exceptions import ApplicationError, Conflict
 from marketplace.jobs import services as job_services
-from marketplace.jobs.models import Job
+from marketplace.jobs.models import Job, JobState
+from marketplace.payments import services as payment_services
 from marketplace.web.models import Profile
 
 logger = logging.getLogger(__name__)
@@ -56,3 +57,15 @@ def job_fund_from_dev_account(*, job: Job, actor: Any, on_local_chain: bool) -> 
         return out.getvalue().strip()
     job_services.job_fund_dev(job_id=job.id, actor=actor)
     return "Funded by the dev service; the job starts in a moment."
+
+
+def job_escrow_prepare(*, job: Job, user: Any) -> None:
+    """Bind a draft job's escrow id to the poster's linked wallet, so the page can offer "Fund with wallet"
+    (idempotent; a job already funded from another wallet keeps that one)."""
+    profile = Profile.objects.filter(user=user, wallet_address__isnull=False).exclude(wallet_address="").first()
+    if job.state != JobState.DRAFT or profile is None:
+        return
+    try:
+        payment_services.escrow_bind(job_id=job.id, wallet=profile.wallet_address)
+    except ApplicationError as exc:
+        logger.info("job %s keeps its escrow id: %s", job.id, exc.message)

@@ -33,9 +33,13 @@ __all__ = ["ROOT", "Agent", "Stack"]
 class Agent:
     """One real node agent: enrolled with `nodeagent enroll`, run with `nodeagent run`."""
 
-    def __init__(self, stack: Stack, name: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, stack: Stack, name: str, extra_env: dict[str, str] | None = None, operator: str = "operator"
+    ) -> None:
         self.stack = stack
         self.name = name
+        # The username of the node's operator (the dashboard login that sees it).
+        self.operator = operator
         self.config = stack.var_dir / "agents" / f"{name}.json"
         self.env = {**stack.env, **(extra_env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -167,13 +171,25 @@ class Stack:
         self.local.web_wait(self.url, timeout=60)
         self.poster_token = self.manage("token", "poster", "--create")
         self.operator_token = self.manage("token", "operator", "--create")
+        self.operator_tokens = {"operator": self.operator_token}
         self.client = PosterClient(self.url, self.poster_token)
         self.poster = self.client.session
         return self
 
-    def agent(self, name: str, *, slots: int = 1, extra_env: dict[str, str] | None = None) -> Agent:
-        agent = Agent(self, name, extra_env)
-        agent.enroll(self.operator_token, slots=slots)
+    def operator_token_of(self, username: str) -> str:
+        """The API token of operator `username`, the user made on first use."""
+        if username not in self.operator_tokens:
+            self.operator_tokens[username] = self.manage("token", username, "--create")
+        return self.operator_tokens[username]
+
+    def agent(
+        self, name: str, *, slots: int = 1, extra_env: dict[str, str] | None = None, operator: str | None = None
+    ) -> Agent:
+        """Enrol and start a real agent. Replicas of a task go to distinct operators, so each agent has its own: the
+        first one's is `operator`, later ones' `operator-<name>`, unless `operator` names one."""
+        username = operator or ("operator" if not self.agents else f"operator-{name}")
+        agent = Agent(self, name, extra_env, operator=username)
+        agent.enroll(self.operator_token_of(username), slots=slots)
         agent.start()
         self.agents.append(agent)
         return agent

@@ -89,7 +89,7 @@ def test_a_job_is_funded_on_chain_paid_per_accepted_replica_refunded_and_reconci
     # The other miner's operator withdraws from the dashboard: the running agent does it at its next heartbeat.
     other = Web3.to_checksum_address(json.loads(agents[1].config.read_text())["wallet_address"])
     stack.manage("chain", "faucet", other, "0.000001", "--eth", "1")
-    operator = _dashboard_login(stack, "operator")
+    operator = _dashboard_login(stack, agents[1].operator)
     page = operator.get(f"{stack.url}/nodes/", timeout=10)
     assert "Withdraw" in page.text
     asked = operator.post(

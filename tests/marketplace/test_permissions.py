@@ -8,7 +8,7 @@ import pytest
 from django.core.files.base import ContentFile
 from rest_framework.test import APIClient
 
-from marketplace.jobs.models import AssignmentState, Job, JobState, Result
+from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result
 from tests.factories import AssignmentFactory, JobFactory, TaskFactory
 
 pytestmark = pytest.mark.django_db
@@ -31,6 +31,8 @@ POSTER_ENDPOINTS = [
     ("post", "/api/jobs/"),
     ("get", "/api/jobs/{job}/"),
     ("post", "/api/jobs/{job}/cancel/"),
+    ("get", "/api/jobs/{job}/escrow/"),
+    ("post", "/api/jobs/{job}/escrow/"),
     ("get", "/api/jobs/{job}/tasks/"),
     ("get", "/api/jobs/{job}/results/"),
     ("get", "/api/jobs/{job}/output/"),
@@ -103,8 +105,11 @@ def test_a_deactivated_node_can_no_longer_authenticate(node: Any) -> None:
     assert node.client.post("/api/nodes/heartbeat/", {"free_slots": 1}, format="json").status_code == 401
 
 
-def test_the_poster_downloads_a_result_artifact(poster: Any, world: dict[str, str]) -> None:
-    response = poster.client.get(f"/api/results/{world['result']}/artifact/")
+def test_the_poster_downloads_a_result_artifact_once_it_is_verified(poster: Any, world: dict[str, str]) -> None:
+    result = Result.objects.get(id=world["result"])
+    assert poster.client.get(f"/api/results/{result.id}/artifact/").status_code == 404  # still unverified
+    Assignment.objects.filter(id=result.assignment_id).update(state=AssignmentState.ACCEPTED)
+    response = poster.client.get(f"/api/results/{result.id}/artifact/")
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == b"abc"
 

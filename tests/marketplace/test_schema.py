@@ -12,6 +12,7 @@ EXPECTED = {
     "/api/jobs/": {"get", "post"},
     "/api/jobs/{job_id}/": {"get"},
     "/api/jobs/{job_id}/cancel/": {"post"},
+    "/api/jobs/{job_id}/escrow/": {"get", "post"},
     "/api/jobs/{job_id}/output/": {"get"},
     "/api/jobs/{job_id}/assets/": {"post"},
     "/api/jobs/{job_id}/previews/{position}/": {"get"},

@@ -33,13 +33,15 @@ from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, J
 from marketplace.nodes.models import Node
 from marketplace.nodes.services import node_deactivate
 from marketplace.payments.models import EntryKind, LedgerEntry, Payout, PayoutState
-from marketplace.payments.services import reconcile
+from marketplace.payments.services import escrow_key, reconcile
 
 Say = Callable[[str], None]
 
 DEMO_AGENTS = 2
 DEMO_POSTER = "demo-poster"
 DEMO_OPERATOR = "demo-operator"
+# Each demo agent has its own operator: replicas of one task go to nodes of distinct operators.
+DEMO_OPERATORS = tuple(DEMO_OPERATOR if n == 1 else f"{DEMO_OPERATOR}-{n}" for n in range(1, DEMO_AGENTS + 1))
 # The demo users log in to the dashboard with this password (local demo only).
 DEMO_PASSWORD = "hashwork-demo"  # noqa: S105 - printed by the demo for its local, throwaway users
 
@@ -73,13 +75,14 @@ def demo_start(stack: LocalStack, *, port: int, timeout: float, say: Say) -> tup
     base_url = stack.start_services(port=port, web_workers=2)
     say(f"Starting the web server on {base_url}, the marketplace and settlement workers and beat…")
     stack.web_wait(base_url, timeout=timeout)
-    token, operator_token = demo_user(DEMO_POSTER), demo_user(DEMO_OPERATOR)
-    for old in Node.objects.filter(operator__username=DEMO_OPERATOR, is_active=True):
+    token = demo_user(DEMO_POSTER)
+    for old in Node.objects.filter(operator__username__in=DEMO_OPERATORS, is_active=True):
         node_deactivate(node_id=old.id, reason="replaced by a new demo run")
     run_tag = uuid.uuid4().hex[:6]
     nodes = [f"demo-{n}-{run_tag}" for n in range(1, DEMO_AGENTS + 1)]
-    for n, name in enumerate(nodes, start=1):
+    for n, (name, operator) in enumerate(zip(nodes, DEMO_OPERATORS, strict=True), start=1):
         config = settings.VAR_DIR / "agents" / f"agent-{n}.json"
+        operator_token = demo_user(operator)
         stack.agent_enroll(config, base_url=base_url, token=operator_token, name=name, force=True, timeout=timeout)
         stack.agent_start(f"agent-{n}", config, heartbeat_seconds=2)
     say(f"Enrolled and started {DEMO_AGENTS} local nodes (nodeagent enroll + nodeagent run).")
@@ -126,7 +129,7 @@ def job_fund(job_id: UUID, supervisor: Supervisor, timeout: float, say: Say) -> 
     job = Job.objects.get(id=job_id)
     tasks = job.tasks.count()
     say(f"The worker split the job into {tasks} tasks; it is now {job.state}.")
-    return {"funded": escrow.job_of(job_id).funded, "tasks_split": tasks, "state_after_split": job.state}
+    return {"funded": escrow.job_of(escrow_key(job_id)).funded, "tasks_split": tasks, "state_after_split": job.state}
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,7 @@ def job_settle(job_id: UUID, supervisor: Supervisor, timeout: float, say: Say) -
         lambda: (
             Payout.objects.filter(job_id=job_id).exists()
             and not Payout.objects.filter(job_id=job_id).exclude(state=PayoutState.SETTLED).exists()
-            and escrow.job_of(job_id).closed
+            and escrow.job_of(escrow_key(job_id)).closed
         ),
         timeout=timeout,
         failure=f"Settlement did not finish within {timeout:.0f}s; see var/logs/settlement.log.",
@@ -301,9 +304,9 @@ def job_settle(job_id: UUID, supervisor: Supervisor, timeout: float, say: Say) -
     payouts = Payout.objects.filter(job_id=job_id)
     poster = Sender(w3, devchain.dev_keys(2)[1])
     before = dep.token_contract(w3).balance_of(poster.address)
-    remaining = escrow.job_of(job_id).remaining
+    remaining = escrow.job_of(escrow_key(job_id)).remaining
     if remaining:
-        dep.escrow_contract(w3, poster).refund(job_id)
+        dep.escrow_contract(w3, poster).refund(escrow_key(job_id))
     settlement = Settlement(
         payouts=payouts.count(),
         release_txs=sorted({p.tx_hash for p in payouts}),

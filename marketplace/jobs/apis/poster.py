@@ -17,7 +17,7 @@ from marketplace.api.errors import error_responses
 from marketplace.api.fields import TokenAmountField
 from marketplace.api.pagination import Pagination
 from marketplace.jobs import kinds, selectors, services
-from marketplace.jobs.models import Job, JobState, Result, Task
+from marketplace.jobs.models import AssignmentState, Job, JobState, Result, Task
 
 
 class JobOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -222,7 +222,11 @@ class ResultOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-
             "artifact_url",
         ]
 
-    def get_artifact_url(self, result: Result) -> str:
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_artifact_url(self, result: Result) -> str | None:
+        # Only verified work is the poster's: an unverified or rejected replica's bytes are not served.
+        if result.assignment.state != AssignmentState.ACCEPTED:
+            return None
         return f"/api/results/{result.id}/artifact/"
 
 

@@ -18,7 +18,7 @@ from marketplace.core.enqueue import enqueue, schedule_request
 from marketplace.core.exceptions import Conflict, ValidationFailed
 from marketplace.core.queues import TaskName
 from marketplace.jobs import dispatch, kinds, selectors, signing
-from marketplace.jobs.models import Assignment, AssignmentState, Result
+from marketplace.jobs.models import Assignment, AssignmentState, Result, Task, TaskState
 from marketplace.nodes.models import Node
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,14 @@ def result_submit(
         raise Conflict("The lease on this assignment has expired; the result is not accepted.")
     artifact.seek(0)
     with transaction.atomic():
+        # Under the task's lock, which verification holds while it completes the task and stops its surplus
+        # replicas: a result for a task that is already done is refused, never accepted or paid.
+        task_state = Task.objects.select_for_update().filter(id=assignment.task_id).values_list("state", flat=True)[0]
+        if task_state not in (TaskState.PENDING, TaskState.RUNNING):
+            raise Conflict(
+                f"This assignment's task is {task_state}: the result is not needed and is not paid.",
+                {"task_state": task_state},
+            )
         if not dispatch.assignment_end(assignment_id=assignment.id, to=AssignmentState.SUBMITTED, submitted_at=now):
             raise Conflict("This assignment changed state while the result was uploaded.")
         result = Result(assignment=assignment, sha256=sha256, size=artifact.size, metrics=metrics, signature=signature)

@@ -70,6 +70,7 @@ def job_quote(request: HttpRequest, kind: str) -> HttpResponse:
 @login_required
 def job_detail(request: HttpRequest, job_id: UUID) -> HttpResponse:
     job = selectors.job_get_for_poster(job_id=job_id, poster=request.user)
+    services.job_escrow_prepare(job=job, user=request.user)
     context = selectors.job_page(job=job)
     context["funding"] = selectors.job_funding(job=job)
     context["refund"] = selectors.job_refund(job=job)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +13,9 @@ from django.core.files.base import ContentFile
 from django.db import connection
 from django.utils import timezone
 
-from marketplace.jobs import dispatch, verification
+from marketplace.jobs import dispatch, kinds, verification
+from marketplace.jobs.kinds import SpotCheckedKind
+from marketplace.jobs.kinds.benchmark import BenchmarkKind
 from marketplace.jobs.models import (
     Assignment,
     AssignmentState,
@@ -38,10 +41,13 @@ def _job(tasks: int = 3, replication: int = 2, **kwargs: Any) -> Job:
     return job
 
 
-def _nodes(count: int, **kwargs: Any) -> list[Node]:
-    operator = UserFactory(username="op")
-    defaults = {"capabilities": {"cpu_cores": 4, "ram_mb": 8000}, "slots": 4}
-    return [make_node(operator, name=f"n{i}", **{**defaults, **kwargs}).node for i in range(count)]
+def _nodes(count: int, *, proven: bool = False, **kwargs: Any) -> list[Node]:
+    """`count` nodes, each of its own operator (replicas of a task go to distinct operators); `proven` nodes have
+    an accepted result already, so they are past probation and may fill all their slots."""
+    defaults = {"capabilities": {"cpu_cores": 4, "ram_mb": 8000}, "slots": 4, "valid_count": 1 if proven else 0}
+    return [
+        make_node(UserFactory(username=f"op{i}"), name=f"n{i}", **{**defaults, **kwargs}).node for i in range(count)
+    ]
 
 
 def _submit(assignment: Assignment, checksum: str) -> None:
@@ -57,7 +63,7 @@ def _submit(assignment: Assignment, checksum: str) -> None:
 class TestLeasing:
     def test_each_task_gets_its_replicas_on_different_nodes(self) -> None:
         job = _job(tasks=3, replication=2)
-        nodes = _nodes(2)
+        nodes = _nodes(2, proven=True)
         assert len(dispatch.schedule()) == 6
         for task in job.tasks.all():
             assert sorted(a.node_id for a in task.assignments.all()) == sorted(n.id for n in nodes)
@@ -67,7 +73,7 @@ class TestLeasing:
 
     def test_a_node_gets_no_more_work_than_it_has_slots(self) -> None:
         _job(tasks=5, replication=1)
-        (node,) = _nodes(1, slots=2)
+        (node,) = _nodes(1, slots=2, proven=True)
         assert len(dispatch.schedule()) == 2
         assert Node.objects.get(id=node.id).busy_slots == 2
         assert Assignment.objects.filter(node=node).count() == 2
@@ -122,7 +128,7 @@ def test_two_schedulers_at_once_never_over_lease() -> None:
     # On PostgreSQL the four schedulers really interleave; SQLite serialises their writes (busy timeout),
     # which must come out just as right.
     job = _job(tasks=30, replication=2)
-    nodes = _nodes(4, slots=8)
+    nodes = _nodes(4, slots=8, proven=True)
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
@@ -172,7 +178,7 @@ class TestLeases:
 
     def test_a_running_lease_expires_unless_heartbeats_extend_it(self) -> None:
         _job(tasks=2, replication=1)
-        (node,) = _nodes(1)
+        (node,) = _nodes(1, proven=True)
         a, b = dispatch.schedule()
         Assignment.objects.filter(id__in=[a, b]).update(state=AssignmentState.RUNNING)
         past = timezone.now() - timedelta(seconds=1)
@@ -190,17 +196,21 @@ class TestLeases:
         dispatch.work_stop(job_id=job.id, reason="cancelled")
         assert dispatch.leases_extend(node=node, assignment_ids=[a]) == [a]
 
-    def test_a_task_fails_with_a_reason_after_too_many_lost_attempts(self, settings: Any) -> None:
-        settings.HASHWORK = {**settings.HASHWORK, "MAX_LOST_ATTEMPTS": 2, "JOB_NODE_MAX_FAILURES": 99}
-        job = _job(tasks=2, replication=1)
-        _nodes(2, slots=1)
-        for _ in range(2):
-            for assignment_id in dispatch.schedule():
-                Assignment.objects.filter(id=assignment_id).update(start_by=timezone.now() - timedelta(seconds=1))
-            dispatch.assignments_expire()
+    def test_a_task_fails_with_a_reason_once_nodes_of_three_operators_lost_it(self) -> None:
+        job = _job(tasks=1, replication=1)
+        nodes = _nodes(3, slots=1)
+        for round_ in range(3):
+            # JOB_NODE_MAX_FAILURES is 2: each node's first loss does not block it, so stop it taking the task again.
+            Node.objects.exclude(id=nodes[round_].id).update(accepting=False)
+            Node.objects.filter(id=nodes[round_].id).update(accepting=True)
+            (assignment_id,) = dispatch.schedule()
+            assert Assignment.objects.get(id=assignment_id).node_id == nodes[round_].id
+            assert job.tasks.get().state == TaskState.RUNNING, f"failed after {round_} operators"
+            Assignment.objects.filter(id=assignment_id).update(start_by=timezone.now() - timedelta(seconds=1))
+            assert dispatch.assignments_expire() == 1
         job.refresh_from_db()
         assert job.state == JobState.FAILED
-        assert "attempts expired or failed" in job.state_reason
+        assert "attempts expired or failed, on nodes of 3 distinct operators" in job.state_reason
         assert Task.objects.filter(job=job, state=TaskState.FAILED).exists()
         assert not Assignment.objects.filter(task__job=job, state__in=[AssignmentState.LEASED]).exists()
 
@@ -304,3 +314,59 @@ class TestVerification:
         verification.task_verify(task_id=task.id)
         verification.task_verify(task_id=task.id)
         assert Node.objects.get(id=a.node_id).valid_count == 1
+
+
+class _SpotCheckedBenchmark(BenchmarkKind, SpotCheckedKind[str]):
+    """The benchmark kind with adaptive replication, as render has (without Blender)."""
+
+    name = "spot-benchmark"
+
+    def spot_check(self, task: Any, value: str) -> tuple[bool, str]:
+        return True, "checked"
+
+
+@pytest.fixture
+def spot_checked() -> Iterator[None]:
+    kinds.register(_SpotCheckedBenchmark())
+    try:
+        yield
+    finally:
+        kinds._REGISTRY.pop(_SpotCheckedBenchmark.name, None)
+
+
+def _release(assignment_id: Any, node: Node) -> None:
+    dispatch.node_release(node=node, accepting=False)
+
+
+def _expire(assignment_id: Any, node: Node) -> None:
+    Assignment.objects.filter(id=assignment_id).update(start_by=timezone.now() - timedelta(seconds=1))
+    assert dispatch.assignments_expire() == 1
+
+
+def _fail(assignment_id: Any, node: Node) -> None:
+    assert dispatch.assignment_end(assignment_id=assignment_id, to=AssignmentState.FAILED, reason="runner crashed")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("end", [_release, _expire, _fail], ids=["handed back", "expired", "failed"])
+def test_a_spot_checked_replica_that_ends_unfinished_restores_full_replication(
+    settings: Any, spot_checked: None, end: Any
+) -> None:
+    settings.HASHWORK = {**settings.HASHWORK, "REPLICATION_P": 0.0}
+    job = _job(tasks=1, replication=2, kind=_SpotCheckedBenchmark.name)
+    trusted, newcomer = _nodes(2, slots=1)
+    Node.objects.filter(id=trusted.id).update(consecutive_valid=12, valid_count=12)
+    Node.objects.filter(id=newcomer.id).update(accepting=False)
+    (leased,) = dispatch.schedule()
+    task = job.tasks.get()
+    assert (task.replicas_wanted, task.spot_check) == (1, True)
+    end(leased, trusted)
+    Node.objects.filter(id=trusted.id).update(accepting=False)
+    task.refresh_from_db()
+    assert (task.replicas_wanted, task.spot_check, task.live_replicas) == (2, False, 0)
+    # The next node is new: it gets a replica that will be compared with another, not the trusted node's check.
+    Node.objects.filter(id=newcomer.id).update(accepting=True)
+    (again,) = dispatch.schedule()
+    assert Assignment.objects.get(id=again).node_id == newcomer.id
+    task.refresh_from_db()
+    assert (task.replicas_wanted, task.spot_check, task.live_replicas) == (2, False, 1)

@@ -50,9 +50,9 @@ def _job_and_nodes(settings: Any, *, p: float, trusted: bool) -> tuple[Task, lis
     job = services.job_create(poster=poster, kind="render", spec=SPEC, price_per_replica=10, replication=2)
     services.job_transition(job_id=job.id, to=JobState.FUNDED)
     services.job_split(job_id=job.id)
-    operator = UserFactory(username="op")
     software = {"cpu_cores": 4, "ram_mb": 16000, "software": {"bpy": "5.0.1"}}
-    nodes = [make_node(operator, name=f"n{i}", capabilities=software).node for i in range(2)]
+    # One operator per node: replicas of a task go to distinct operators.
+    nodes = [make_node(UserFactory(username=f"op{i}"), name=f"n{i}", capabilities=software).node for i in range(2)]
     if trusted:
         Node.objects.filter(id=nodes[0].id).update(consecutive_valid=12, valid_count=12)
     Node.objects.filter(id=nodes[1].id).update(accepting=False)
@@ -132,9 +132,9 @@ def test_the_odd_replica_out_is_rejected_with_the_image_pass_and_metric_that_dif
     job = services.job_create(poster=poster, kind="render", spec=SPEC, price_per_replica=10, replication=2)
     services.job_transition(job_id=job.id, to=JobState.FUNDED)
     services.job_split(job_id=job.id)
-    operator = UserFactory(username="op")
     software = {"cpu_cores": 4, "ram_mb": 16000, "software": {"bpy": "5.0.1"}}
-    nodes = [make_node(operator, name=f"n{i}", capabilities=software).node for i in range(3)]
+    # One operator per node: replicas of a task go to distinct operators.
+    nodes = [make_node(UserFactory(username=f"op{i}"), name=f"n{i}", capabilities=software).node for i in range(3)]
     Node.objects.filter(id=nodes[2].id).update(accepting=False)
     task = Task.objects.get(job=job)
     honest, liar = dispatch.schedule()

@@ -23,7 +23,8 @@ from contracts.sender import Sender
 from marketplace.jobs import dispatch, verification
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result
 from marketplace.payments import chain, services
-from marketplace.payments.models import Deposit, EntryKind, LedgerEntry, Payout, PayoutState
+from marketplace.payments.models import Deposit, EntryKind, JobSettlement, LedgerEntry, Payout, PayoutState
+from marketplace.payments.services.payouts import _number
 from tests.conftest import make_node
 from tests.factories import JobFactory, TaskFactory, UserFactory
 
@@ -58,15 +59,47 @@ def dep(w3: Web3) -> Deployment:
     return chain.deployment(w3)
 
 
-def _poster_funds(w3: Web3, dep: Deployment, job_key: Any, amount: int, *, who: int = 1) -> Sender:
-    """A poster (Anvil dev account `who`) gets tokens from the faucet, approves the escrow and funds."""
+def _poster(w3: Web3, who: int = 1) -> Sender:
+    return Sender(w3, devchain.dev_keys(who + 1)[who])
+
+
+def _fund_raw(
+    w3: Web3, dep: Deployment, key: bytes, amount: int, *, who: int, deadline: int, max_payouts: int, max_payout: int
+) -> Sender:
+    """Anvil dev account `who` gets tokens from the faucet, approves the escrow and funds escrow id `key`."""
     admin = Sender(w3, devchain.dev_keys(1)[0])
-    poster = Sender(w3, devchain.dev_keys(who + 1)[who])
+    poster = _poster(w3, who)
     ComputeToken(w3, dep.token, admin).mint(poster.address, amount)
     ComputeToken(w3, dep.token, poster).approve(dep.escrow, amount)
-    deadline = w3.eth.get_block("latest")["timestamp"] + 7 * 86400
-    JobEscrow(w3, dep.escrow, poster).fund(job_key, amount, deadline)
+    JobEscrow(w3, dep.escrow, poster).fund(key, amount, deadline, max_payouts=max_payouts, max_payout=max_payout)
     return poster
+
+
+def _poster_funds(
+    w3: Web3, dep: Deployment, job: Job, amount: int, *, who: int = 1, deadline: int | None = None
+) -> Sender:
+    """The job's poster (Anvil dev account `who`) binds the job's escrow id to its wallet, as the dashboard and
+    the API do, and funds it with the job's terms and (by default) the earliest deadline that starts it."""
+    if job.state == JobState.DRAFT:
+        services.escrow_bind(job_id=job.id, wallet=_poster(w3, who).address)
+    else:  # a job the test made running directly, as if it had been bound and funded before
+        _bind_directly(job, _poster(w3, who).address)
+    terms = services.funding_terms(job)
+    return _fund_raw(
+        w3,
+        dep,
+        services.escrow_key(job.id),
+        amount,
+        who=who,
+        deadline=deadline or services.escrow_deadline_min(job),
+        max_payouts=terms.max_payouts,
+        max_payout=terms.max_payout,
+    )
+
+
+def _bind_directly(job: Job, wallet: str) -> None:
+    escrow_id = "0x" + services.escrow_id_for(job_id=job.id, wallet=wallet).hex()
+    JobSettlement.objects.update_or_create(job=job, defaults={"escrow_id": escrow_id, "poster_wallet": wallet})
 
 
 def _sync(w3: Web3, dep: Deployment) -> services.SyncReport:
@@ -82,8 +115,11 @@ def _accepted_job(tasks: int = 2, replication: int = 2) -> tuple[Job, list[Any]]
     job = JobFactory(state=JobState.RUNNING, task_count=tasks, replication=replication, price_per_replica=PRICE)
     for i in range(tasks):
         TaskFactory(job=job, index=i, replicas_wanted=replication)
-    operator = UserFactory(username="op")
-    nodes = [make_node(operator, name=f"n{i}", capabilities={"cpu_cores": 4}, slots=8) for i in range(replication)]
+    # Replicas of one task go to distinct operators (Sybil rule); proven nodes are off probation.
+    nodes = [
+        make_node(UserFactory(username=f"op{i}"), name=f"n{i}", capabilities={"cpu_cores": 4}, slots=8, valid_count=1)
+        for i in range(replication)
+    ]
     dispatch.schedule()
     for assignment in Assignment.objects.filter(task__job=job):
         Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
@@ -110,18 +146,15 @@ def test_the_funding_requirement_is_every_replica_plus_the_contracts_fee_exactly
 def test_a_deposit_is_recorded_once_and_an_under_funded_job_waits(w3: Web3, dep: Deployment) -> None:
     job = JobFactory(task_count=2, replication=2, price_per_replica=PRICE)
     required = services.funding_required(job=job, fee_bps=FEE_BPS)
-    _poster_funds(w3, dep, job.id, required - 1)
+    _poster_funds(w3, dep, job, required - 1)
     first = _sync(w3, dep)
     assert first.deposits == 1
     assert first.funded_jobs == []
     assert Job.objects.get(id=job.id).state == JobState.DRAFT
     assert _sync(w3, dep).deposits == 0  # the same block range is not read twice
+    assert "Top it up with the difference" in Job.objects.get(id=job.id).state_reason
     # Topping up starts it.
-    admin = Sender(w3, devchain.dev_keys(1)[0])
-    poster = Sender(w3, devchain.dev_keys(2)[1])
-    ComputeToken(w3, dep.token, admin).mint(poster.address, 1)
-    ComputeToken(w3, dep.token, poster).approve(dep.escrow, 1)
-    JobEscrow(w3, dep.escrow, poster).fund(job.id, 1, w3.eth.get_block("latest")["timestamp"] + 8 * 86400)
+    _poster_funds(w3, dep, job, 1)
     second = _sync(w3, dep)
     assert second.funded_jobs == [job.id]
     assert Job.objects.get(id=job.id).state == JobState.FUNDED
@@ -130,7 +163,9 @@ def test_a_deposit_is_recorded_once_and_an_under_funded_job_waits(w3: Web3, dep:
 
 
 def test_money_sent_to_an_id_that_is_no_marketplace_job_is_recorded_nowhere(w3: Web3, dep: Deployment) -> None:
-    _poster_funds(w3, dep, b"\x01" * 32, 5 * PRICE)
+    deadline = w3.eth.get_block("latest")["timestamp"] + 86400
+    key = bytes.fromhex(_poster(w3).address[2:]) + b"\x01" * 12
+    _fund_raw(w3, dep, key, 5 * PRICE, who=1, deadline=deadline, max_payouts=1, max_payout=PRICE)
     report = _sync(w3, dep)
     assert report.deposits == 0
     assert len(report.ignored) == 1
@@ -140,7 +175,7 @@ def test_money_sent_to_an_id_that_is_no_marketplace_job_is_recorded_nowhere(w3: 
 
 def test_accepted_work_is_paid_exactly_once_and_the_ledger_reconciles(w3: Web3, dep: Deployment) -> None:
     job, nodes = _accepted_job(tasks=3, replication=2)
-    _poster_funds(w3, dep, job.id, services.funding_required(job=job, fee_bps=FEE_BPS))
+    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
     _sync(w3, dep)
     assert Payout.objects.filter(job=job).count() == 6
     report = _settle(w3, dep)
@@ -171,12 +206,12 @@ def test_rejected_and_expired_work_is_never_paid(w3: Web3, dep: Deployment) -> N
 
 def test_a_crash_between_broadcast_and_recording_pays_nobody_twice(w3: Web3, dep: Deployment) -> None:
     job, nodes = _accepted_job(tasks=2, replication=2)
-    _poster_funds(w3, dep, job.id, services.funding_required(job=job, fee_bps=FEE_BPS))
+    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
     _sync(w3, dep)
     escrow = chain.escrow(w3, signed=True)
     # What the settlement worker does before it dies: number the batch, mark it sending, broadcast it...
-    batch = services._number(job.id, services.MAX_BATCH)
-    escrow.release(job.id, [ChainPayout(p.payout_index or 0, p.payee, p.amount) for p in batch])
+    batch = _number(job.id, services.MAX_BATCH)
+    escrow.release(services.escrow_key(job.id), [ChainPayout(p.payout_index or 0, p.payee, p.amount) for p in batch])
     # ...and it is killed before recording anything. On restart:
     assert set(Payout.objects.values_list("state", flat=True)) == {PayoutState.SENDING}
     report = _settle(w3, dep)
@@ -190,9 +225,9 @@ def test_a_crash_between_broadcast_and_recording_pays_nobody_twice(w3: Web3, dep
 
 def test_a_crash_before_broadcast_sends_the_batch_again_with_the_same_indexes(w3: Web3, dep: Deployment) -> None:
     job, nodes = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job.id, services.funding_required(job=job, fee_bps=FEE_BPS))
+    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
     _sync(w3, dep)
-    indexes = sorted(p.payout_index for p in services._number(job.id, services.MAX_BATCH))
+    indexes = sorted(p.payout_index for p in _number(job.id, services.MAX_BATCH))
     report = _settle(w3, dep)
     assert report.settled == 2
     assert sorted(Payout.objects.values_list("payout_index", flat=True)) == indexes
@@ -203,7 +238,7 @@ def test_a_crash_before_broadcast_sends_the_batch_again_with_the_same_indexes(w3
 def test_a_finished_job_is_closed_after_settlement_and_its_refund_is_recorded(w3: Web3, dep: Deployment) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
     required = services.funding_required(job=job, fee_bps=FEE_BPS)
-    poster = _poster_funds(w3, dep, job.id, required + 5 * PRICE)
+    poster = _poster_funds(w3, dep, job, required + 5 * PRICE)
     _sync(w3, dep)
     escrow = chain.escrow(w3, signed=True)
     assert Job.objects.get(id=job.id).state == JobState.COMPLETED
@@ -211,17 +246,17 @@ def test_a_finished_job_is_closed_after_settlement_and_its_refund_is_recorded(w3
     _settle(w3, dep)
     assert services.jobs_close(escrow=escrow) == [job.id]
     assert services.jobs_close(escrow=escrow) == []
-    JobEscrow(w3, dep.escrow, poster).refund(job.id)
+    JobEscrow(w3, dep.escrow, poster).refund(services.escrow_key(job.id))
     assert _sync(w3, dep).refunds == 1
     refund = LedgerEntry.objects.get(job=job, kind=EntryKind.REFUND)
     assert refund.amount == 5 * PRICE
-    assert escrow.job_of(job.id).remaining == 0
+    assert escrow.job_of(services.escrow_key(job.id)).remaining == 0
     assert services.reconcile(w3=w3, escrow=escrow, job_id=job.id) == []
 
 
 def test_reconcile_names_a_mismatch(w3: Web3, dep: Deployment) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job.id, services.funding_required(job=job, fee_bps=FEE_BPS))
+    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
     _sync(w3, dep)
     LedgerEntry.objects.create(
         kind=EntryKind.DEPOSIT, job=job, account="0x" + "0" * 40, amount=1, idempotency_key="forged"
@@ -233,7 +268,7 @@ def test_reconcile_names_a_mismatch(w3: Web3, dep: Deployment) -> None:
 
 def test_a_chain_that_is_down_makes_settlement_wait_not_fail(w3: Web3, dep: Deployment, settings: Any) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job.id, services.funding_required(job=job, fee_bps=FEE_BPS))
+    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
     _sync(w3, dep)
     from marketplace.payments.tasks import CHAIN_UNAVAILABLE
 
@@ -259,7 +294,7 @@ def test_an_unreachable_chain_is_reported_as_unavailable_so_the_task_retries(set
 
 def test_the_reconcile_command_exits_1_on_a_mismatch(w3: Web3, dep: Deployment, capsys: Any) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job.id, services.funding_required(job=job, fee_bps=FEE_BPS))
+    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
     _sync(w3, dep)
     _settle(w3, dep)
     call_command("payments", "reconcile")

@@ -23,8 +23,9 @@ from contracts.deploy import DEFAULT_FEE_BPS, Deployment, deploy, load_deploymen
 from contracts.errors import ChainError
 from contracts.sender import Sender, parse_private_key
 from contracts.units import tokens_format
+from marketplace.core.exceptions import ApplicationError
 from marketplace.jobs.models import Job, JobState
-from marketplace.payments.services import funding_required
+from marketplace.payments.services import escrow_bind, escrow_deadline_min, escrow_key, funding_required, funding_terms
 
 DEPLOYER_KEY_VARIABLE = "HASHWORK_DEPLOYER_KEY"
 DECIMALS = 18
@@ -282,7 +283,12 @@ class Command(BaseCommand):
         poster = Sender(w3, devchain.dev_keys(options["account"] + 1)[options["account"]])
         escrow = deployment.escrow_contract(w3, poster)
         required = funding_required(job=job, fee_bps=escrow.fee_bps())
-        on_chain = escrow.job_of(job.id)
+        try:
+            escrow_bind(job_id=job.id, wallet=poster.address)
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from None
+        key = escrow_key(job.id)
+        on_chain = escrow.job_of(key)
         missing = required + options["extra"] - on_chain.remaining
         if missing <= 0:
             self.stdout.write(f"Job {job.id} already holds {tokens_format(on_chain.remaining)} HWC in escrow: enough.")
@@ -290,7 +296,14 @@ class Command(BaseCommand):
         token = deployment.token_contract(w3, self._deployer(w3))
         token.mint(poster.address, missing)
         deployment.token_contract(w3, poster).approve(deployment.escrow, missing)
-        receipt = escrow.fund(job.id, missing, max(int(job.deadline.timestamp()), on_chain.deadline))
+        terms = funding_terms(job)
+        receipt = escrow.fund(
+            key,
+            missing,
+            max(escrow_deadline_min(job), on_chain.deadline),
+            max_payouts=terms.max_payouts,
+            max_payout=terms.max_payout,
+        )
         self.stdout.write(
             f"Funded job {job.id} with {tokens_format(missing)} HWC from {poster.address} "
             f"(tx 0x{bytes(receipt['transactionHash']).hex().removeprefix('0x')}); the marketplace starts it when it "

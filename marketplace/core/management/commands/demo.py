@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from contracts.units import tokens_format
 from marketplace.core.localstack import LocalStack, LocalStackError, PosterClient
 from marketplace.core.management import demo_steps as steps
-from marketplace.core.management.demo_steps import DEMO_OPERATOR, DEMO_PASSWORD, DEMO_POSTER
+from marketplace.core.management.demo_steps import DEMO_OPERATORS, DEMO_PASSWORD, DEMO_POSTER
 from marketplace.core.processes import ChildDied
 from marketplace.core.samples import SAMPLE_RENDER_JOB, SAMPLE_TRAIN_SPEC, sample_train_job
 
@@ -73,7 +73,8 @@ class Command(BaseCommand):
             self.say("")
             for line in (
                 f"  Dashboard    {base_url}/  (API docs: {base_url}/api/docs/)",
-                f"  Log in as    {DEMO_POSTER} / {DEMO_PASSWORD} (jobs) or {DEMO_OPERATOR} / {DEMO_PASSWORD} (nodes)",
+                f"  Log in as    {DEMO_POSTER} / {DEMO_PASSWORD} (jobs) or {' or '.join(DEMO_OPERATORS)} / "
+                f"{DEMO_PASSWORD} (a node each)",
                 f"  API token    {token}   (user {DEMO_POSTER})",
                 f"  Render job   {base_url}/jobs/{render}/",
                 *([f"  Train job    {base_url}/jobs/{train}/"] if train else []),

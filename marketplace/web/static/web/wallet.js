@@ -40,7 +40,7 @@ window.Hashwork = (() => {
   }
   const ERC20 = ["function approve(address spender, uint256 amount) returns (bool)",
                  "function allowance(address owner, address spender) view returns (uint256)"];
-  const ESCROW = ["function fund(bytes32 jobId, uint256 amount, uint64 deadline)"];
+  const ESCROW = ["function fund(bytes32 jobId, uint256 amount, uint64 deadline, uint32 maxPayouts, uint96 maxPayout)"];
   async function fundJob(f, el) {
     try {
       const p = await provider(el);
@@ -59,9 +59,11 @@ window.Hashwork = (() => {
       }
       say(el, "Fund the job…");
       const escrow = new ethers.Contract(f.escrow, ESCROW, signer);
-      // The escrow's job id: the marketplace UUID left-padded with zeros to 32 bytes.
-      const key = "0x" + "0".repeat(32) + f.jobId.replaceAll("-", "");
-      const tx = await escrow.fund(key, total, BigInt(f.deadline));
+      // The escrow's job id is bound to the funding wallet (its high 20 bytes): only that wallet can fund it.
+      if (!f.escrowId.toLowerCase().startsWith(owner.toLowerCase())) {
+        return say(el, `Fund from the wallet this job's escrow id is bound to (${"0x" + f.escrowId.slice(2, 42)}).`, false);
+      }
+      const tx = await escrow.fund(f.escrowId, total, BigInt(f.deadline), f.maxPayouts, BigInt(f.maxPayout));
       await tx.wait();
       say(el, `Funded (tx ${tx.hash}); the marketplace starts the job when it sees the deposit.`, true);
       setTimeout(() => location.reload(), 2500);
@@ -79,7 +81,7 @@ window.Hashwork = (() => {
       }
       const escrow = new ethers.Contract(f.escrow, ["function refund(bytes32 jobId)"], await p.getSigner());
       say(el, "Confirm the refund in your wallet…");
-      const tx = await escrow.refund("0x" + "0".repeat(32) + f.jobId.replaceAll("-", ""));
+      const tx = await escrow.refund(f.escrowId);
       await tx.wait();
       say(el, `Refunded (tx ${tx.hash}).`, true);
     } catch (e) {
