@@ -92,10 +92,14 @@ def prove(*rigs: Rig) -> None:
     Node.objects.filter(id__in=[r.node_id for r in rigs]).update(valid_count=50, consecutive_valid=5)
 
 
-def benchmark_job(*, replication: int, tasks: int = 1) -> Job:
-    poster = UserFactory(username="poster")
+def benchmark_job(*, replication: int, tasks: int = 1, poster: str = "poster") -> Job:
+    poster_user = UserFactory(username=poster)
     job = services.job_create(
-        poster=poster, kind="benchmark", spec={**SPEC, "tasks": tasks}, price_per_replica=10, replication=replication
+        poster=poster_user,
+        kind="benchmark",
+        spec={**SPEC, "tasks": tasks},
+        price_per_replica=10,
+        replication=replication,
     )
     services.job_transition(job_id=job.id, to=JobState.FUNDED)
     services.job_split(job_id=job.id)

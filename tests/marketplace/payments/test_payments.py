@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,100 +12,20 @@ from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 from web3 import Web3
 
-from contracts import devchain
-from contracts.bindings import ComputeToken, JobEscrow
+from contracts.bindings import JobEscrow
 from contracts.bindings import Payout as ChainPayout
-from contracts.connection import connect
-from contracts.deploy import Deployment, deploy
-from contracts.sender import Sender
+from contracts.deploy import Deployment
 from marketplace.jobs import dispatch, verification
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Result
 from marketplace.payments import chain, services
-from marketplace.payments.models import Deposit, EntryKind, JobSettlement, LedgerEntry, Payout, PayoutState
+from marketplace.payments.models import Deposit, EntryKind, LedgerEntry, Payout, PayoutState
 from marketplace.payments.services.payouts import _number
+from tests.chain_fixtures import FEE_BPS, anvil, dep, dev_account, fund_raw, poster_funds, settle, sync, w3
 from tests.conftest import make_node
 from tests.factories import JobFactory, TaskFactory, UserFactory
 
-FEE_BPS = 250
 PRICE = 10**18
-
-
-@pytest.fixture(scope="module")
-def anvil() -> Iterator[devchain.DevChain]:
-    with devchain.start() as running:
-        yield running
-
-
-@pytest.fixture
-def w3(anvil: devchain.DevChain, settings: Any, tmp_path: Path) -> Iterator[Web3]:
-    """A fresh deployment per test on the module's Anvil, rewound afterwards."""
-    w3 = connect(anvil.url)
-    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
-    settings.ETH_RPC_URL = anvil.url
-    settings.CHAIN_DEPLOYMENTS_FILE = tmp_path / "deployments.json"
-    chain._senders.clear()
-    admin = Sender(w3, devchain.dev_keys(1)[0])
-    treasury = Web3.to_checksum_address("0x" + "7e" * 20)
-    deploy(w3, admin, treasury, FEE_BPS, deployments_file=settings.CHAIN_DEPLOYMENTS_FILE)
-    yield w3
-    chain._senders.clear()
-    assert w3.provider.make_request("evm_revert", [snapshot])["result"] is True
-
-
-@pytest.fixture
-def dep(w3: Web3) -> Deployment:
-    return chain.deployment(w3)
-
-
-def _poster(w3: Web3, who: int = 1) -> Sender:
-    return Sender(w3, devchain.dev_keys(who + 1)[who])
-
-
-def _fund_raw(
-    w3: Web3, dep: Deployment, key: bytes, amount: int, *, who: int, deadline: int, max_payouts: int, max_payout: int
-) -> Sender:
-    """Anvil dev account `who` gets tokens from the faucet, approves the escrow and funds escrow id `key`."""
-    admin = Sender(w3, devchain.dev_keys(1)[0])
-    poster = _poster(w3, who)
-    ComputeToken(w3, dep.token, admin).mint(poster.address, amount)
-    ComputeToken(w3, dep.token, poster).approve(dep.escrow, amount)
-    JobEscrow(w3, dep.escrow, poster).fund(key, amount, deadline, max_payouts=max_payouts, max_payout=max_payout)
-    return poster
-
-
-def _poster_funds(
-    w3: Web3, dep: Deployment, job: Job, amount: int, *, who: int = 1, deadline: int | None = None
-) -> Sender:
-    """The job's poster (Anvil dev account `who`) binds the job's escrow id to its wallet, as the dashboard and
-    the API do, and funds it with the job's terms and (by default) the earliest deadline that starts it."""
-    if job.state == JobState.DRAFT:
-        services.escrow_bind(job_id=job.id, wallet=_poster(w3, who).address)
-    else:  # a job the test made running directly, as if it had been bound and funded before
-        _bind_directly(job, _poster(w3, who).address)
-    terms = services.funding_terms(job)
-    return _fund_raw(
-        w3,
-        dep,
-        services.escrow_key(job.id),
-        amount,
-        who=who,
-        deadline=deadline or services.escrow_deadline_min(job),
-        max_payouts=terms.max_payouts,
-        max_payout=terms.max_payout,
-    )
-
-
-def _bind_directly(job: Job, wallet: str) -> None:
-    escrow_id = "0x" + services.escrow_id_for(job_id=job.id, wallet=wallet).hex()
-    JobSettlement.objects.update_or_create(job=job, defaults={"escrow_id": escrow_id, "poster_wallet": wallet})
-
-
-def _sync(w3: Web3, dep: Deployment) -> services.SyncReport:
-    return services.chain_sync(w3=w3, escrow=chain.escrow(w3), chain_id=dep.chain_id, start_block=dep.block_number)
-
-
-def _settle(w3: Web3, dep: Deployment) -> services.SettleReport:
-    return services.payouts_settle(w3=w3, escrow=chain.escrow(w3, signed=True), from_block=dep.block_number)
+__all__ = ["anvil", "dep", "w3"]  # fixtures
 
 
 def _accepted_job(tasks: int = 2, replication: int = 2) -> tuple[Job, list[Any]]:
@@ -146,16 +64,16 @@ def test_the_funding_requirement_is_every_replica_plus_the_contracts_fee_exactly
 def test_a_deposit_is_recorded_once_and_an_under_funded_job_waits(w3: Web3, dep: Deployment) -> None:
     job = JobFactory(task_count=2, replication=2, price_per_replica=PRICE)
     required = services.funding_required(job=job, fee_bps=FEE_BPS)
-    _poster_funds(w3, dep, job, required - 1)
-    first = _sync(w3, dep)
+    poster_funds(w3, dep, job, required - 1)
+    first = sync(w3, dep)
     assert first.deposits == 1
     assert first.funded_jobs == []
     assert Job.objects.get(id=job.id).state == JobState.DRAFT
-    assert _sync(w3, dep).deposits == 0  # the same block range is not read twice
+    assert sync(w3, dep).deposits == 0  # the same block range is not read twice
     assert "Top it up with the difference" in Job.objects.get(id=job.id).state_reason
     # Topping up starts it.
-    _poster_funds(w3, dep, job, 1)
-    second = _sync(w3, dep)
+    poster_funds(w3, dep, job, 1)
+    second = sync(w3, dep)
     assert second.funded_jobs == [job.id]
     assert Job.objects.get(id=job.id).state == JobState.FUNDED
     assert Deposit.objects.filter(job=job).count() == 2
@@ -164,9 +82,9 @@ def test_a_deposit_is_recorded_once_and_an_under_funded_job_waits(w3: Web3, dep:
 
 def test_money_sent_to_an_id_that_is_no_marketplace_job_is_recorded_nowhere(w3: Web3, dep: Deployment) -> None:
     deadline = w3.eth.get_block("latest")["timestamp"] + 86400
-    key = bytes.fromhex(_poster(w3).address[2:]) + b"\x01" * 12
-    _fund_raw(w3, dep, key, 5 * PRICE, who=1, deadline=deadline, max_payouts=1, max_payout=PRICE)
-    report = _sync(w3, dep)
+    key = bytes.fromhex(dev_account(w3).address[2:]) + b"\x01" * 12
+    fund_raw(w3, dep, key, 5 * PRICE, who=1, deadline=deadline, max_payouts=1, max_payout=PRICE)
+    report = sync(w3, dep)
     assert report.deposits == 0
     assert len(report.ignored) == 1
     assert not Deposit.objects.exists()
@@ -175,17 +93,17 @@ def test_money_sent_to_an_id_that_is_no_marketplace_job_is_recorded_nowhere(w3: 
 
 def test_accepted_work_is_paid_exactly_once_and_the_ledger_reconciles(w3: Web3, dep: Deployment) -> None:
     job, nodes = _accepted_job(tasks=3, replication=2)
-    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
-    _sync(w3, dep)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
     assert Payout.objects.filter(job=job).count() == 6
-    report = _settle(w3, dep)
+    report = settle(w3, dep)
     assert report.settled == 6
     assert len(report.transactions) == 1
     escrow = chain.escrow(w3)
     for persona in nodes:
         assert escrow.credit_of(Web3.to_checksum_address(persona.node.wallet_address)) == 3 * PRICE
     assert escrow.credit_of(dep.treasury) == 6 * (PRICE * FEE_BPS // 10_000)
-    assert _settle(w3, dep).settled == 0  # nothing pending: nothing sent again
+    assert settle(w3, dep).settled == 0  # nothing pending: nothing sent again
     assert set(Payout.objects.values_list("payout_index", flat=True)) == set(range(6))
     assert all(p.state == PayoutState.SETTLED and p.tx_hash for p in Payout.objects.all())
     assert services.reconcile(w3=w3, escrow=escrow, from_block=dep.block_number) == []
@@ -206,15 +124,15 @@ def test_rejected_and_expired_work_is_never_paid(w3: Web3, dep: Deployment) -> N
 
 def test_a_crash_between_broadcast_and_recording_pays_nobody_twice(w3: Web3, dep: Deployment) -> None:
     job, nodes = _accepted_job(tasks=2, replication=2)
-    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
-    _sync(w3, dep)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
     escrow = chain.escrow(w3, signed=True)
     # What the settlement worker does before it dies: number the batch, mark it sending, broadcast it...
     batch = _number(job.id, services.MAX_BATCH)
     escrow.release(services.escrow_key(job.id), [ChainPayout(p.payout_index or 0, p.payee, p.amount) for p in batch])
     # ...and it is killed before recording anything. On restart:
     assert set(Payout.objects.values_list("state", flat=True)) == {PayoutState.SENDING}
-    report = _settle(w3, dep)
+    report = settle(w3, dep)
     assert report.recovered == 4
     assert report.settled == 0
     for persona in nodes:
@@ -225,10 +143,10 @@ def test_a_crash_between_broadcast_and_recording_pays_nobody_twice(w3: Web3, dep
 
 def test_a_crash_before_broadcast_sends_the_batch_again_with_the_same_indexes(w3: Web3, dep: Deployment) -> None:
     job, nodes = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
-    _sync(w3, dep)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
     indexes = sorted(p.payout_index for p in _number(job.id, services.MAX_BATCH))
-    report = _settle(w3, dep)
+    report = settle(w3, dep)
     assert report.settled == 2
     assert sorted(Payout.objects.values_list("payout_index", flat=True)) == indexes
     escrow = chain.escrow(w3)
@@ -238,16 +156,16 @@ def test_a_crash_before_broadcast_sends_the_batch_again_with_the_same_indexes(w3
 def test_a_finished_job_is_closed_after_settlement_and_its_refund_is_recorded(w3: Web3, dep: Deployment) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
     required = services.funding_required(job=job, fee_bps=FEE_BPS)
-    poster = _poster_funds(w3, dep, job, required + 5 * PRICE)
-    _sync(w3, dep)
+    poster = poster_funds(w3, dep, job, required + 5 * PRICE)
+    sync(w3, dep)
     escrow = chain.escrow(w3, signed=True)
     assert Job.objects.get(id=job.id).state == JobState.COMPLETED
     assert services.jobs_close(escrow=escrow) == []  # payouts still pending: not yet
-    _settle(w3, dep)
+    settle(w3, dep)
     assert services.jobs_close(escrow=escrow) == [job.id]
     assert services.jobs_close(escrow=escrow) == []
     JobEscrow(w3, dep.escrow, poster).refund(services.escrow_key(job.id))
-    assert _sync(w3, dep).refunds == 1
+    assert sync(w3, dep).refunds == 1
     refund = LedgerEntry.objects.get(job=job, kind=EntryKind.REFUND)
     assert refund.amount == 5 * PRICE
     assert escrow.job_of(services.escrow_key(job.id)).remaining == 0
@@ -256,8 +174,8 @@ def test_a_finished_job_is_closed_after_settlement_and_its_refund_is_recorded(w3
 
 def test_reconcile_names_a_mismatch(w3: Web3, dep: Deployment) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
-    _sync(w3, dep)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
     LedgerEntry.objects.create(
         kind=EntryKind.DEPOSIT, job=job, account="0x" + "0" * 40, amount=1, idempotency_key="forged"
     )
@@ -268,8 +186,8 @@ def test_reconcile_names_a_mismatch(w3: Web3, dep: Deployment) -> None:
 
 def test_a_chain_that_is_down_makes_settlement_wait_not_fail(w3: Web3, dep: Deployment, settings: Any) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
-    _sync(w3, dep)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
     from marketplace.payments.tasks import CHAIN_UNAVAILABLE
 
     # The chain goes away after the worker connected: nothing listens on the discard port.
@@ -279,7 +197,7 @@ def test_a_chain_that_is_down_makes_settlement_wait_not_fail(w3: Web3, dep: Depl
         services.payouts_settle(w3=down, escrow=JobEscrow(down, dep.escrow), from_block=dep.block_number)
     assert time.monotonic() - started < 30
     assert set(Payout.objects.values_list("state", flat=True)) == {PayoutState.PENDING}
-    assert _settle(w3, dep).settled == 2
+    assert settle(w3, dep).settled == 2
 
 
 def test_an_unreachable_chain_is_reported_as_unavailable_so_the_task_retries(settings: Any) -> None:
@@ -294,9 +212,9 @@ def test_an_unreachable_chain_is_reported_as_unavailable_so_the_task_retries(set
 
 def test_the_reconcile_command_exits_1_on_a_mismatch(w3: Web3, dep: Deployment, capsys: Any) -> None:
     job, _ = _accepted_job(tasks=1, replication=2)
-    _poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
-    _sync(w3, dep)
-    _settle(w3, dep)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
+    settle(w3, dep)
     call_command("payments", "reconcile")
     assert "The ledger matches the chain for every job and payee" in capsys.readouterr().out
     LedgerEntry.objects.create(kind=EntryKind.PAYOUT, job=job, account=dep.treasury, amount=7, idempotency_key="x")

@@ -14,7 +14,8 @@ from marketplace.payments import chain, services
 class Command(BaseCommand):
     help = (
         "Payments tools. reconcile [--job ID]: compare the ledger with the chain (per job: funded, released, "
-        "remaining; per payee: credit) and print every mismatch; exit code 1 if there is one."
+        "remaining; per payee: credit) and print every mismatch, and every job whose last release or close the "
+        "escrow refused (with its reason and next try); exit code 1 if there is either."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,7 +38,14 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         for mismatch in mismatches:
             self.stdout.write(f"MISMATCH {mismatch}")
-        if mismatches:
+        refused = [s for s in services.settlement_problems() if job_id is None or s.job_id == job_id]
+        for settlement in refused:
+            when = settlement.retry_at.isoformat(timespec="seconds") if settlement.retry_at else "the next run"
+            self.stdout.write(
+                f"REFUSED job {settlement.job_id}: {settlement.refused_step} refused {settlement.refusals} time(s) "
+                f"in a row: {settlement.last_error}; next try at {when}"
+            )
+        if mismatches or refused:
             raise SystemExit(1)
         scope = f"job {job_id}" if job_id else "every job and payee"
         self.stdout.write(f"The ledger matches the chain for {scope} (chain {dep.chain_id}, escrow {dep.escrow}).")
