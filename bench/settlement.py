@@ -83,7 +83,7 @@ def main() -> None:
         from eth_account import Account
 
         from contracts import devchain
-        from contracts.bindings import ComputeToken, JobEscrow
+        from contracts.bindings import ComputeToken, JobEscrow, escrow_job_id
         from contracts.bindings import Payout as ChainPayout
         from contracts.connection import connect
         from contracts.deploy import deploy
@@ -109,17 +109,18 @@ def main() -> None:
             deadline = w3.eth.get_block("latest")["timestamp"] + 86400
             per_job = args.payouts * (price + services.fee_of(price, 250))
 
-            def funded_job_key(key: Any) -> None:
+            def funded_job_key(key: bytes) -> None:
                 token.mint(poster.address, per_job)
                 ComputeToken(w3, dep.token, poster).approve(dep.escrow, per_job)
-                escrow_poster.fund(key, per_job, deadline)
+                escrow_poster.fund(key, per_job, deadline, max_payouts=args.payouts, max_payout=price)
 
             operator = chain.escrow(w3, signed=True)
             market_jobs = []
             for _ in range(args.repeats):
                 job = _payout_rows(price, args.payouts, payees)
                 market_jobs.append(job.id)
-                funded_job_key(job.id)
+                services.escrow_bind(job_id=job.id, wallet=poster.address)
+                funded_job_key(services.escrow_key(job.id))
                 started = time.perf_counter()
                 report = services.payouts_settle(w3=w3, escrow=operator, from_block=dep.block_number)
                 market_rates.append(report.settled / (time.perf_counter() - started))
@@ -127,7 +128,7 @@ def main() -> None:
                 market_gas.append(gas / report.settled)
                 assert Payout.objects.filter(job=job, state="settled").count() == args.payouts
 
-                key = uuid.uuid4()
+                key = escrow_job_id(poster.address, uuid.uuid4().bytes[:12])
                 funded_job_key(key)
                 batches = [range(i, min(i + services.MAX_BATCH, args.payouts))
                            for i in range(0, args.payouts, services.MAX_BATCH)]  # fmt: skip

@@ -232,6 +232,19 @@ HASHWORK = {
     # An update above this × the median norm is always replayed.
     "TRAIN_SUSPICIOUS_FACTOR": 3.0,
     "TRAIN_LOSS_TOLERANCE": 0.5,
+    # Lazy training (marketplace.federated.trust, training.verify; figures: docs/benchmarks.md, "Training
+    # verification"). Replay probability: 1 for a node with no accepted streak, falling linearly to
+    # TRAIN_REPLAY_SHARE over TRUSTED_AFTER × (1 + invalid_count) consecutive accepted results, never below
+    # TRAIN_REPLAY_FLOOR. TRAIN_REPLAY_SEED (an int) makes the draws reproducible (tests); None: system random.
+    "TRAIN_REPLAY_FLOOR": 0.1,
+    "TRAIN_REPLAY_SEED": None,
+    # No measurable progress: a norm below this × the round's median (honest: ≥ 0.43 measured here, ≥ 1/140 in
+    # the marketplace tests' easy data), or, where the loss of the round's weights on a sample of the node's own
+    # shard is ≥ TRAIN_PROGRESS_MIN_LOSS, a fall of that loss below TRAIN_MIN_SHARD_PROGRESS (honest: ≥ 26 %; an
+    # update × 1e-3: ≤ 0.4 %). A caught node is blocked from the job.
+    "TRAIN_MIN_NORM_FRACTION": 0.001,
+    "TRAIN_MIN_SHARD_PROGRESS": 0.05,
+    "TRAIN_PROGRESS_MIN_LOSS": 0.1,
     # The JSON-RPC URL node agents and wallets are told to use (withdrawals); defaults to ETH_RPC_URL.
     "PUBLIC_ETH_RPC_URL": CONFIG.public_eth_rpc_url,
     # A deposit starts its job only if its on-chain deadline is at least this long after the job's own deadline:

@@ -1,6 +1,8 @@
 """Closing a train round (its quorum is in, or its deadline passed): the updates are checked against each other
-(norm above k × the median) and against held-out data (loss alone), a share is replayed here from the same seed,
-weights and shard (the policy: training.verify.round_verdict); the accepted ones are aggregated, paid and counted;
+(norm above k × the median, or near zero), against held-out data (loss alone) and the node's own shard (it must
+lower that loss), a share set by the node's reputation (trust.replay_probability) is replayed here from the same
+seed, weights and shard (the policy: training.verify.round_verdict); a node caught not training is blocked from
+the job (trust.node_caught); the accepted ones are aggregated, paid and counted;
 stragglers are cancelled (their late updates are refused and not paid); the new weights are evaluated and the
 next round opens, or the job finishes with its model and model card.
 
@@ -10,7 +12,6 @@ that the round is still open (a concurrent close wins once: the other's work is 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from marketplace.core.enqueue import schedule_request
 from marketplace.core.redis_admin import once_per
-from marketplace.federated import storage
+from marketplace.federated import replays, storage, trust
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.federated.outputs import model_output
 from marketplace.federated.spec import TrainSpec
@@ -44,60 +45,13 @@ def _val(data: TrainData) -> Any:
         return load_set(path)
 
 
-def _replay(spec: TrainSpec, data: TrainData, task: Task, state: dict[str, Any]) -> dict[str, Any]:
-    """The participant's local training, redone here on the CPU from the same seed, weights and shard."""
-    from training.data import load_set
-    from training.local import HyperParams, train_local
-
-    shard = data.shards[int(task.payload["participant"])]
-    with storage.local(shard["name"], ".safetensors") as path:
-        crops = load_set(path)
-    hyper = HyperParams(batch_size=spec.batch_size, optimizer=spec.optimizer, lr=spec.learning_rate)
-    return train_local(
-        spec.model,
-        len(data.classes),
-        spec.image_size,
-        state,
-        crops,
-        hyper,
-        spec.local_steps,
-        int(task.payload["seed"]),
-        device="cpu",
-    ).delta
-
-
-def _previous_update(result: Result, state: dict[str, Any]) -> dict[str, Any]:
-    """The last update this node sent for this job before `result` (decompressed; zeros if none): with it the
-    top-k replay check bounds the node's error-feedback residual without knowing it (training.verify). An
-    upload the node lost leaves this one round behind: its next check may then fail once."""
-    import torch
-
-    from training.compress import decompress
-
-    earlier = (
-        Result.objects.filter(
-            assignment__node_id=result.assignment.node_id,
-            assignment__task__job_id=result.assignment.task.job_id,
-            created_at__lt=result.created_at,
-        )
-        .order_by("-created_at")
-        .first()
-    )
-    if earlier is not None:
-        try:
-            with earlier.artifact.open("rb") as handle:
-                return decompress(handle.read())
-        except ValueError:
-            pass
-    return {name: torch.zeros_like(value) for name, value in state.items() if value.is_floating_point()}
-
-
 @dataclass
 class _Outcome:
     """What closing a round decided, ready to apply."""
 
     accepted: dict[UUID, str]
     rejected: dict[UUID, str]
+    caught: set[UUID]
     malformed: dict[UUID, str]
     judged: set[UUID]
     tasks: dict[UUID, UUID]
@@ -134,14 +88,18 @@ def _judge(*, job: Job, spec: TrainSpec, data: TrainData, rnd: TrainRound, resul
     samples = {aid: float(data.shards[_participant(r)]["samples"]) for aid, (r, _) in updates.items()}
     previous = TrainRound.objects.filter(job_id=rnd.job_id, index=rnd.index - 1).first()
     hw = settings.HASHWORK
+    nodes = trust.nodes_of({r.assignment.node_id for r, _ in updates.values()})
     verdict = round_verdict(
         [
             Candidate(
                 key=str(aid),
                 delta=delta,
                 samples=samples[aid],
-                replay=lambda r=result: _replay(spec, data, r.assignment.task, state),
-                previous=lambda r=result: _previous_update(r, state),
+                replay=lambda r=result: replays.replay(spec, data, r.assignment.task, state),
+                previous=lambda r=result: replays.previous_update(r, state),
+                shard=lambda r=result: replays.shard_of(data, r.assignment.task),
+                seed=int(result.assignment.task.payload["seed"]),
+                replay_probability=trust.replay_probability(nodes[result.assignment.node_id]),
             )
             for aid, (result, delta) in updates.items()
         ],
@@ -156,13 +114,16 @@ def _judge(*, job: Job, spec: TrainSpec, data: TrainData, rnd: TrainRound, resul
             norm_factor=hw["TRAIN_NORM_FACTOR"],
             suspicious_factor=hw["TRAIN_SUSPICIOUS_FACTOR"],
             loss_tolerance=hw["TRAIN_LOSS_TOLERANCE"],
-            replay_share=hw["TRAIN_REPLAY_SHARE"],
+            min_norm_fraction=hw["TRAIN_MIN_NORM_FRACTION"],
+            min_shard_progress=hw["TRAIN_MIN_SHARD_PROGRESS"],
+            progress_min_loss=hw["TRAIN_PROGRESS_MIN_LOSS"],
         ),
         round_index=rnd.index,
-        chooser=secrets.SystemRandom(),
+        chooser=trust.replay_chooser(rnd.job_id, rnd.index),
     )
     accepted = {UUID(k): v for k, v in verdict.accepted.items()}
     rejected = {UUID(k): v for k, v in verdict.rejected.items()}
+    caught = {UUID(k) for k in verdict.caught}
     if accepted:
         # In participant order, so the sum (and the model) does not depend on the assignments' random ids.
         ordered = sorted(accepted, key=lambda a: _participant(updates[a][0]))
@@ -191,11 +152,14 @@ def _judge(*, job: Job, spec: TrainSpec, data: TrainData, rnd: TrainRound, resul
         "accepted_norms": [round(verdict.norms[str(a)], 6) for a in sorted(accepted, key=str)],
         "reference_norm": round(float(verdict.reference_norm), 6),
         "replayed": verdict.replayed,
+        "caught": verdict.caught,
+        "shard_progress": {k: round(v, 6) for k, v in verdict.progress.items()},
         "closed_by": why,
     }
     outcome = _Outcome(
         accepted=accepted,
         rejected=rejected,
+        caught=caught,
         malformed=malformed,
         judged={r.assignment_id for r in results},
         tasks={r.assignment_id: r.assignment.task_id for r in results},
@@ -290,12 +254,16 @@ def round_close(*, job_id: UUID, index: int, why: str) -> str:
 
 
 def _apply(*, job: Job, spec: TrainSpec, data: TrainData, rnd: TrainRound, outcome: _Outcome, why: str) -> None:
-    """The round's verdict, under its row lock: pay and count the accepted, reject the rest, stop stragglers."""
+    """The round's verdict, under its row lock: pay and count the accepted, reject the rest (blocking the caught
+    nodes from the job), stop stragglers."""
     for aid, reason in outcome.malformed.items():
         assignment_reject(aid, outcome.nodes[aid], reason)
     for aid, reason in outcome.rejected.items():
         assignment_reject(aid, outcome.nodes[aid], reason)
         task_transition(task_id=outcome.tasks[aid], to=TaskState.FAILED, reason=reason)
+        if aid in outcome.caught:
+            # Proof of work not done (no progress, or a failed replay): no more of this job for that node.
+            trust.node_caught(job_id=job.id, node_id=outcome.nodes[aid], reason=reason)
     for aid, reason in outcome.accepted.items():
         assignment_accept(aid, outcome.nodes[aid], reason=reason)
         task_transition(task_id=outcome.tasks[aid], to=TaskState.COMPLETED, reason=reason)

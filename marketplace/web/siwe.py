@@ -15,11 +15,10 @@ from typing import Protocol
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils import is_checksum_address, to_checksum_address
+from web3 import Web3
 
 LINK_STATEMENT = "Link this wallet to my Hashwork account."
 LOGIN_STATEMENT = "Sign in to Hashwork with this wallet."
-STATEMENT = LINK_STATEMENT
 # A message (and its nonce) is good for this long after it is issued.
 MAX_AGE = timedelta(minutes=10)
 # How far ahead of our clock a timestamp in the message may be (the wallet's clock is not ours).
@@ -59,7 +58,7 @@ class SiweMessage:
     chain_id: int
     nonce: str
     issued_at: datetime
-    statement: str | None = STATEMENT
+    statement: str | None = LINK_STATEMENT
     version: str = "1"
     expiration_time: datetime | None = None
     not_before: datetime | None = None
@@ -93,9 +92,7 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _time(value: str | None, field: str) -> datetime | None:
-    if value is None:
-        return None
+def _time(value: str, field: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -111,7 +108,7 @@ def new_nonce() -> str:
 
 
 def message_for(
-    *, domain: str, address: str, uri: str, chain_id: int, nonce: str, statement: str = STATEMENT,
+    *, domain: str, address: str, uri: str, chain_id: int, nonce: str, statement: str = LINK_STATEMENT,
     now: datetime | None = None,
 ) -> SiweMessage:  # fmt: skip
     """Our message for `address` (checksummed here, EIP-55), issued now and expiring after MAX_AGE."""
@@ -119,7 +116,7 @@ def message_for(
         raise SiweError("That is not an Ethereum address (0x and 40 hex digits).")
     issued = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     return SiweMessage(
-        domain, to_checksum_address(address), uri, chain_id, nonce, issued, statement,
+        domain, Web3.to_checksum_address(address), uri, chain_id, nonce, issued, statement,
         expiration_time=issued + MAX_AGE,
     )  # fmt: skip
 
@@ -129,12 +126,12 @@ def parse(text: str) -> SiweMessage:
     match = _MESSAGE_RE.match(text)
     if match is None:
         raise SiweError("The signed text is not a Sign-In with Ethereum message.")
-    issued = _time(match["issued_at"], "Issued At")
-    assert issued is not None
+    expires, not_before = match["expiration_time"], match["not_before"]
     return SiweMessage(
-        match["domain"], match["address"], match["uri"], int(match["chain_id"]), match["nonce"], issued,
-        match["statement"], match["version"], _time(match["expiration_time"], "Expiration Time"),
-        _time(match["not_before"], "Not Before"),
+        match["domain"], match["address"], match["uri"], int(match["chain_id"]), match["nonce"],
+        _time(match["issued_at"], "Issued At"), match["statement"], match["version"],
+        _time(expires, "Expiration Time") if expires is not None else None,
+        _time(not_before, "Not Before") if not_before is not None else None,
     )  # fmt: skip
 
 
@@ -156,7 +153,7 @@ def verify(
         raise SiweError(f"The message is for chain {message.chain_id}, not this marketplace's {expected.chain_id}.")
     if message.statement != expected.statement:
         raise SiweError(f"The message's statement is not {expected.statement!r}: it was issued for another use.")
-    if not is_checksum_address(message.address):
+    if not Web3.is_checksum_address(message.address):
         raise SiweError("The message's address is not EIP-55 checksummed.")
     if message.issued_at > now + CLOCK_SKEW:
         raise SiweError("The message's Issued At is in the future: check your clock and start again.")
@@ -167,7 +164,7 @@ def verify(
     if message.not_before is not None and message.not_before > now + CLOCK_SKEW:
         raise SiweError("The sign-in message is not valid yet (Not Before is in the future).")
     try:
-        signer = Account.recover_message(encode_defunct(text=text), signature=signature)
+        signer = str(Account.recover_message(encode_defunct(text=text), signature=signature))
     except Exception:  # malformed signatures raise several types
         raise SiweError("The signature is not a valid Ethereum signature.") from None
     if signer != message.address:

@@ -20,8 +20,10 @@ from django.conf import settings
 from web3 import Web3
 
 from contracts import devchain
+from contracts.bindings import ComputeToken, JobEscrow
 from contracts.connection import connect
 from contracts.deploy import Deployment, load_deployment
+from contracts.sender import Sender
 from marketplace.core.localstack import ROOT, LocalStack, PosterClient
 from marketplace.core.ports import free_port
 from marketplace.core.processes import die_with_parent
@@ -210,6 +212,32 @@ class Stack:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.client.job(job_id)
+
+    def escrow_fund(self, job_id: str, amount: int, *, who: int = 1) -> bytes:
+        """Fund `job_id` in the escrow as its poster does over the API: bind the job's escrow id to the wallet
+        of Anvil dev account `who` (POST /api/jobs/ID/escrow/), then fund that id with the job's terms and the
+        earliest deadline that starts it. Returns the escrow id."""
+        w3, dep = self.w3(), self.deployment()
+        poster = Sender(w3, devchain.dev_keys(who + 1)[who])
+        reply = self.poster.post(f"{self.url}/api/jobs/{job_id}/escrow/", json={"wallet": poster.address}, timeout=10)
+        assert reply.status_code == 200, reply.text
+        terms = reply.json()
+        key = bytes.fromhex(terms["escrow_id"][2:])
+        ComputeToken(w3, dep.token, Sender(w3, devchain.dev_keys(1)[0])).mint(poster.address, amount)
+        ComputeToken(w3, dep.token, poster).approve(dep.escrow, amount)
+        JobEscrow(w3, dep.escrow, poster).fund(
+            key,
+            amount,
+            terms["deadline_min"],
+            max_payouts=terms["max_payouts"],
+            max_payout=int(terms["max_payout"]),
+        )
+        return key
+
+    def escrow_key(self, job_id: str) -> bytes:
+        """The escrow id the job is bound to (GET /api/jobs/ID/escrow/)."""
+        reply = self.poster.get(f"{self.url}/api/jobs/{job_id}/escrow/", timeout=10).json()
+        return bytes.fromhex(reply["escrow_id"][2:])
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
         reply = self.poster.get(f"{self.url}/api/jobs/{job_id}/results/?limit=500", timeout=10).json()

@@ -67,13 +67,13 @@ def test_a_job_is_funded_on_chain_paid_per_accepted_replica_refunded_and_reconci
         wallet = Web3.to_checksum_address(json.loads(agent.config.read_text())["wallet_address"])
         assert escrow.credit_of(wallet) == accepted[agent.node_id] * PRICE
     assert escrow.credit_of(dep.treasury) == 12 * FEE
-    wait_for(lambda: escrow.job_of(bytes(16) + bytes.fromhex(job_id.replace("-", ""))).closed, timeout=30,
-             what="the job to be closed")  # fmt: skip
+    key = stack.escrow_key(job_id)
+    wait_for(lambda: escrow.job_of(key).closed, timeout=30, what="the job to be closed")
     # The poster takes back the 1.5 HWC that was never needed.
     poster = Sender(w3, devchain.dev_keys(2)[1])
     token = ComputeToken(w3, dep.token)
     before = token.balance_of(poster.address)
-    JobEscrow(w3, dep.escrow, poster).refund(bytes(16) + bytes.fromhex(job_id.replace("-", "")))
+    JobEscrow(w3, dep.escrow, poster).refund(key)
     assert token.balance_of(poster.address) - before == 15 * PRICE // 10
     wait_for(lambda: _reconciled(stack), timeout=30, what="the ledger to match the chain")
     # A miner withdraws: gas money first, then `nodeagent withdraw`.
@@ -140,16 +140,13 @@ def test_an_under_funded_job_never_dispatches_until_it_is_topped_up(stack: Stack
         timeout=10,
     )  # fmt: skip
     job_id = reply.json()["id"]
-    w3, dep = stack.w3(), stack.deployment()
-    poster = Sender(w3, devchain.dev_keys(2)[1])
-    ComputeToken(w3, dep.token, Sender(w3, devchain.dev_keys(1)[0])).mint(poster.address, 3 * PRICE)
-    ComputeToken(w3, dep.token, poster).approve(dep.escrow, 3 * PRICE)
-    key = bytes(16) + bytes.fromhex(job_id.replace("-", ""))
-    deadline = w3.eth.get_block("latest")["timestamp"] + 86400
-    JobEscrow(w3, dep.escrow, poster).fund(key, PRICE, deadline)  # needs 2 × (1 + 0.025)
+    key = stack.escrow_fund(job_id, PRICE)  # needs 2 × (1 + 0.025)
     wait_for(lambda: _reconciled(stack), timeout=30, what="the deposit to be recorded")
-    assert stack.job(job_id)["state"] == "draft"
-    JobEscrow(w3, dep.escrow, poster).fund(key, PRICE + 2 * FEE, deadline)
+    job = stack.job(job_id)
+    assert job["state"] == "draft"
+    assert "Top it up with the difference" in job["state_reason"]
+    assert key[:20] == bytes.fromhex(Sender(stack.w3(), devchain.dev_keys(2)[1]).address[2:])  # bound to the poster
+    stack.escrow_fund(job_id, PRICE + 2 * FEE)
     stack.wait_job(job_id)
 
 
@@ -159,11 +156,7 @@ def test_a_settlement_worker_killed_right_after_broadcasting_pays_nobody_twice(s
     job_id = stack.post_job({"tasks": 4, "matrix_size": 16, "seed": 8}, replication=2)
     stack.wait_job(job_id)  # dev-funded: no money in escrow yet, so fund it for real before settling
     w3, dep = stack.w3(), stack.deployment()
-    poster = Sender(w3, devchain.dev_keys(2)[1])
-    ComputeToken(w3, dep.token, Sender(w3, devchain.dev_keys(1)[0])).mint(poster.address, 9 * PRICE)
-    ComputeToken(w3, dep.token, poster).approve(dep.escrow, 9 * PRICE)
-    key = bytes(16) + bytes.fromhex(job_id.replace("-", ""))
-    JobEscrow(w3, dep.escrow, poster).fund(key, 9 * PRICE, w3.eth.get_block("latest")["timestamp"] + 86400)
+    key = stack.escrow_fund(job_id, 9 * PRICE)
     # A settlement worker that is killed (SIGKILL, the whole worker: main and pool process) the moment its
     # release() transaction is mined, before it records anything: the worst place to crash.
     crash = tmp_path / "crash"

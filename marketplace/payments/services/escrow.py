@@ -21,7 +21,7 @@ from web3 import Web3
 from contracts.bindings import Job as ChainJob
 from contracts.bindings import escrow_job_id
 from marketplace.core.exceptions import Conflict, NotFound, ValidationFailed
-from marketplace.jobs.models import Job, JobState
+from marketplace.jobs.models import Job
 from marketplace.payments.models import Deposit, JobSettlement
 
 
@@ -54,8 +54,9 @@ def escrow_id_for(*, job_id: UUID, wallet: str) -> bytes:
 
 
 def escrow_bind(*, job_id: UUID, wallet: str) -> JobSettlement:
-    """Bind a draft job's escrow id to the poster's funding wallet. Rebinding is allowed until a deposit is seen
-    (then the id is fixed: the money is there)."""
+    """Bind a job's escrow id to the poster's funding wallet. Rebinding is allowed until a deposit is seen (then
+    the id is fixed: the money is there). A job started without escrow money (dev funding) can be bound and funded
+    later: its payouts wait for it."""
     if not isinstance(wallet, str) or not Web3.is_address(wallet):
         raise ValidationFailed({"wallet": ["Must be a 0x-prefixed 20-byte Ethereum address."]})
     wallet = Web3.to_checksum_address(wallet)
@@ -73,8 +74,6 @@ def escrow_bind(*, job_id: UUID, wallet: str) -> JobSettlement:
                 "that wallet.",
                 {"wallet": settlement.poster_wallet, "escrow_id": settlement.escrow_id},
             )
-        if job.state != JobState.DRAFT:
-            raise Conflict(f"The job is {job.state}; only a draft job's funding wallet can be chosen.")
         settlement.escrow_id = escrow_id
         settlement.poster_wallet = wallet
         settlement.save(update_fields=["escrow_id", "poster_wallet", "updated_at"])

@@ -1,17 +1,27 @@
-"""Account pages: sign-up, the profile with the API token, and linking a wallet by Sign-In with Ethereum."""
+"""Account pages: sign-up, log-in by password or by Sign-In with Ethereum, the profile with the API token, and
+linking a wallet to the account by Sign-In with Ethereum."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.shortcuts import redirect, render, resolve_url
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
 
-from marketplace.web import forms, selectors, services, siwe
+from marketplace.core.exceptions import ApplicationError
+from marketplace.payments import chain
+from marketplace.web import forms, selectors, services, signin, siwe
+
+# A wallet-only account has no password, so the session names the backend that logged it in.
+_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
 def signup(request: HttpRequest) -> HttpResponse:
@@ -33,39 +43,92 @@ def profile(request: HttpRequest) -> HttpResponse:
     return render(request, "web/accounts/profile.html", context)
 
 
-@login_required
-def siwe_message(request: HttpRequest) -> JsonResponse:
-    """A fresh EIP-4361 message for the address the wallet reported, bound to this session by its nonce."""
-    address = request.GET.get("address", "")
-    chain_id = int(request.GET.get("chain_id", "1") or 1)
-    nonce = siwe.new_nonce()
+def _origin(request: HttpRequest) -> str:
+    """The URI a message must name: this site's scheme, host and port (EIP-4361 ties a message to an origin)."""
+    return f"{request.scheme}://{request.get_host()}"
+
+
+def _message(request: HttpRequest, statement: str) -> JsonResponse:
+    """A fresh EIP-4361 message for the address the wallet reported, with a nonce stored server-side. The chain
+    is the marketplace's, whatever chain the wallet is on (its `chain_id` parameter is not used)."""
     try:
-        message = siwe.message_for(
-            domain=request.get_host(), address=address, uri=request.build_absolute_uri("/"), chain_id=chain_id,
-            nonce=nonce,
-        )  # fmt: skip
-    except siwe.SiweError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
-    request.session["siwe_nonce"] = nonce
+        chain_id = signin.siwe_chain_id()
+    except chain.ChainUnavailable as exc:
+        return JsonResponse({"error": f"The chain does not answer, try again in a moment ({exc})."}, status=503)
+    address = request.GET.get("address", "")
+    if not siwe.ADDRESS_RE.match(address):
+        return JsonResponse({"error": "That is not an Ethereum address (0x and 40 hex digits)."}, status=400)
+    now = timezone.now()
+    message = siwe.message_for(
+        domain=request.get_host(), address=address, uri=_origin(request), chain_id=chain_id,
+        nonce=signin.siwe_nonce_issue(now=now), statement=statement, now=now,
+    )  # fmt: skip
     return JsonResponse({"message": message.text()})
 
 
-@login_required
-@require_POST
-def siwe_verify(request: HttpRequest) -> JsonResponse:
+def _verified(request: HttpRequest, statement: str) -> tuple[str, dict[str, Any]] | JsonResponse:
+    """The address that signed the posted message and the posted body, or the 400 that says why not."""
     try:
         body = json.loads(request.body or b"{}")
         text, signature = str(body["message"]), str(body["signature"])
     except (ValueError, KeyError, TypeError):
         return JsonResponse({"error": "Send the signed message and its signature."}, status=400)
     try:
-        address = siwe.verify(
-            text=text, signature=signature, domain=request.get_host(), nonce=request.session.pop("siwe_nonce", None)
+        expected = siwe.Expected(
+            domain=request.get_host(), uri=_origin(request), chain_id=signin.siwe_chain_id(), statement=statement
         )
+        address = siwe.verify(
+            text=text, signature=signature, expected=expected, consume_nonce=signin.siwe_nonce_consume
+        )
+    except chain.ChainUnavailable as exc:
+        return JsonResponse({"error": f"The chain does not answer, try again in a moment ({exc})."}, status=503)
     except siwe.SiweError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
+    return address, body
+
+
+@login_required
+@require_GET
+def siwe_message(request: HttpRequest) -> JsonResponse:
+    """The message that links a wallet to the logged-in account."""
+    return _message(request, siwe.LINK_STATEMENT)
+
+
+@login_required
+@require_POST
+def siwe_verify(request: HttpRequest) -> JsonResponse:
+    verified = _verified(request, siwe.LINK_STATEMENT)
+    if isinstance(verified, JsonResponse):
+        return verified
+    address, _ = verified
     try:
         services.wallet_link(user=request.user, address=address)
     except services.WalletTaken as exc:
         return JsonResponse({"error": exc.message}, status=409)
     return JsonResponse({"address": address})
+
+
+@require_GET
+def siwe_login_message(request: HttpRequest) -> JsonResponse:
+    """The message that signs in (or signs up) with a wallet alone."""
+    return _message(request, siwe.LOGIN_STATEMENT)
+
+
+@require_POST
+def siwe_login(request: HttpRequest) -> JsonResponse:
+    """Log in the account whose wallet signed the message, creating it on the wallet's first sign-in."""
+    verified = _verified(request, siwe.LOGIN_STATEMENT)
+    if isinstance(verified, JsonResponse):
+        return verified
+    address, body = verified
+    try:
+        user, created = signin.wallet_sign_in(address=address)
+    except ApplicationError as exc:
+        return JsonResponse({"error": exc.message}, status=exc.status)
+    login(request, user, backend=_BACKEND)
+    next_url = str(body.get("next") or "")
+    if not url_has_allowed_host_and_scheme(next_url, {request.get_host()}, require_https=request.is_secure()):
+        next_url = resolve_url(settings.LOGIN_REDIRECT_URL)
+    if created:
+        messages.success(request, f"Welcome, {user.username}. Your wallet is your login: no password needed.")
+    return JsonResponse({"address": address, "username": user.username, "created": created, "redirect": next_url})

@@ -1,5 +1,5 @@
-// The browser-wallet side of the dashboard (EIP-1193 through ethers.js): linking a wallet by signing a
-// Sign-In with Ethereum message, and funding a job (approve + fund on the escrow).
+// The browser-wallet side of the dashboard (EIP-1193 through ethers.js): signing in, or linking a wallet, by
+// signing a Sign-In with Ethereum message, and funding a job (approve + fund on the escrow).
 window.Hashwork = (() => {
   function say(el, text, ok) {
     el.textContent = text;
@@ -14,26 +14,43 @@ window.Hashwork = (() => {
     await p.send("eth_requestAccounts", []);
     return p;
   }
+  // Sign-In with Ethereum: ask the server for a message for the wallet's address, sign it (personal_sign) and
+  // post it back as JSON; the server's answer, or null once `el` says why not.
+  async function siwe(messageUrl, verifyUrl, csrf, el, extra) {
+    const p = await provider(el);
+    if (!p) return null;
+    const signer = await p.getSigner();
+    const address = await signer.getAddress();
+    const network = await p.getNetwork();
+    say(el, "Sign the message in your wallet…");
+    const m = await fetch(`${messageUrl}?address=${address}&chain_id=${network.chainId}`);
+    const body = await m.json();
+    if (!m.ok) return say(el, body.error, false), null;
+    const signature = await signer.signMessage(body.message);
+    const v = await fetch(verifyUrl, {
+      method: "POST", headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
+      body: JSON.stringify({...extra, message: body.message, signature}),
+    });
+    const result = await v.json();
+    if (!v.ok) return say(el, result.error, false), null;
+    return result;
+  }
   async function linkWallet(messageUrl, verifyUrl, csrf, el) {
     try {
-      const p = await provider(el);
-      if (!p) return;
-      const signer = await p.getSigner();
-      const address = await signer.getAddress();
-      const network = await p.getNetwork();
-      say(el, "Sign the message in your wallet…");
-      const m = await fetch(`${messageUrl}?address=${address}&chain_id=${network.chainId}`);
-      const body = await m.json();
-      if (!m.ok) return say(el, body.error, false);
-      const signature = await signer.signMessage(body.message);
-      const v = await fetch(verifyUrl, {
-        method: "POST", headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
-        body: JSON.stringify({message: body.message, signature}),
-      });
-      const result = await v.json();
-      if (!v.ok) return say(el, result.error, false);
+      const result = await siwe(messageUrl, verifyUrl, csrf, el, {});
+      if (!result) return;
       say(el, `Linked ${result.address}.`, true);
       document.getElementById("wallet-address").textContent = result.address;
+    } catch (e) {
+      say(el, `The wallet refused: ${e.shortMessage || e.message}`, false);
+    }
+  }
+  async function signIn(messageUrl, loginUrl, csrf, next, el) {
+    try {
+      const result = await siwe(messageUrl, loginUrl, csrf, el, {next});
+      if (!result) return;
+      say(el, `Signed in as ${result.username}.`, true);
+      location.assign(result.redirect);
     } catch (e) {
       say(el, `The wallet refused: ${e.shortMessage || e.message}`, false);
     }
@@ -88,5 +105,5 @@ window.Hashwork = (() => {
       say(el, `The refund failed: ${e.shortMessage || e.message}`, false);
     }
   }
-  return {linkWallet, fundJob, refundJob};
+  return {linkWallet, signIn, fundJob, refundJob};
 })();
