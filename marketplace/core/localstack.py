@@ -83,14 +83,16 @@ class LocalStack:
         self.env["REDIS_URL"] = server.url
         return server, started
 
-    def chain_start(self, port: int | None = None) -> devchain.DevChain:
+    def chain_start(self, port: int | None = None, *, engine: devchain.Engine = "anvil") -> devchain.DevChain:
         """The project's Anvil (on `port`, default a free one), its state kept under var/chain/ so that a restart
-        resumes the same chain; ETH_RPC_URL for the children."""
+        resumes the same chain; ETH_RPC_URL for the children. `engine="hardhat"`: Hardhat Network instead (it
+        keeps no state file: a restart starts a new chain)."""
         try:
             self.chain = devchain.start(
                 port=port,
-                state_file=self.var_dir / "chain" / "anvil-state.json",
-                log_file=self.var_dir / "logs" / "anvil.log",
+                engine=engine,
+                state_file=self.var_dir / "chain" / "anvil-state.json" if engine == "anvil" else None,
+                log_file=self.var_dir / "logs" / f"{engine}.log",
             )
         except DevChainError as exc:
             raise LocalStackError(str(exc)) from None

@@ -92,9 +92,13 @@ class Stack:
     """The shared local launcher (`marketplace.core.localstack`) on a database and Redis prefix of its own, with
     short leases, and the test's view of it: a poster's session, agents, jobs."""
 
-    def __init__(self, var_dir: Path, *, chain: bool = False, settlement: bool = True, **settings_env: str) -> None:
+    def __init__(
+        self, var_dir: Path, *, chain: bool | devchain.Engine = False, settlement: bool = True, **settings_env: str
+    ) -> None:
         self.var_dir = var_dir
         self.with_chain = chain
+        # chain=True: Anvil; chain="hardhat": Hardhat Network (the product's second local chain).
+        self.engine: devchain.Engine = chain if isinstance(chain, str) else "anvil"
         self.with_settlement = settlement
         self.tag = uuid.uuid4().hex[:10]
         self.prefix = f"e2e-{self.tag}:"
@@ -150,7 +154,7 @@ class Stack:
 
     def chain_start(self, port: int | None = None) -> None:
         """The stack's own Anvil, its state kept under the stack's var dir (so a restart keeps the chain)."""
-        self.local.chain_start(port)
+        self.local.chain_start(port, engine=self.engine)
 
     def chain_stop(self) -> int:
         return self.local.chain_stop()
@@ -166,7 +170,7 @@ class Stack:
 
     def start(self) -> Stack:
         if self.with_chain:
-            self.local.chain_start()
+            self.local.chain_start(engine=self.engine)
             self.local.contracts_ensure()
         self.manage("migrate", "--noinput", "-v", "0")
         self.local.start_services(port=self.port, web_workers=3, settlement=self.with_settlement)

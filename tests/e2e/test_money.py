@@ -28,8 +28,8 @@ FEE = PRICE * 250 // 10_000
 
 @pytest.fixture
 def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    options = getattr(request, "param", {})
-    running = Stack(tmp_path, chain=True, **options).start()
+    options = {"chain": True, **getattr(request, "param", {})}
+    running = Stack(tmp_path, **options).start()
     try:
         yield running
     finally:
@@ -53,6 +53,8 @@ def _accepted_per_node(stack: Stack, job_id: str) -> Counter[str]:
     return Counter(str(r["node"]) for r in stack.results(job_id) if r["state"] == "accepted")
 
 
+# The same money path on both local chains the product names: Anvil, and Hardhat Network.
+@pytest.mark.parametrize("stack", [{"chain": True}, {"chain": "hardhat"}], indirect=True, ids=["anvil", "hardhat"])
 def test_a_job_is_funded_on_chain_paid_per_accepted_replica_refunded_and_reconciled(stack: Stack) -> None:
     agents = [stack.agent("miner-a"), stack.agent("miner-b")]
     job_id = stack.post_job({"tasks": 6, "matrix_size": 32, "seed": 4}, replication=2, on_chain_extra="1.5")
