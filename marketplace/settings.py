@@ -217,9 +217,15 @@ HASHWORK = {
     "ENROLMENTS_PER_HOUR": 10,
     # A tie between replicas asks for more, up to replication + this many.
     "MAX_EXTRA_REPLICAS": 3,
-    # Adaptive replication: after this many consecutive accepted results a node's work is replicated only with
-    # probability REPLICATION_P (and spot-checked otherwise), for kinds that can be spot-checked.
+    # Adaptive replication (marketplace.jobs.reputation): a node whose reputation for a kind is at least
+    # TRUSTED_AFTER gets that kind's work replicated only with probability REPLICATION_P (and spot-checked
+    # otherwise), for kinds that can be spot-checked. Reputation counts accepted results on jobs of other posters,
+    # with replication >= 2, at no less than the median price of the kind's last REPUTATION_PRICE_JOBS funded jobs
+    # (each poster counted once, at its latest price); it halves every REPUTATION_HALF_LIFE_DAYS and a wrong result
+    # resets it to 0. (marketplace.federated.trust still reads TRUSTED_AFTER as a streak of accepted results.)
     "TRUSTED_AFTER": 10,
+    "REPUTATION_HALF_LIFE_DAYS": 14.0,
+    "REPUTATION_PRICE_JOBS": 200,
     "REPLICATION_P": CONFIG.replication_p,
     # Train rounds: a round closes once this share of its participants has submitted a well-formed update (or at
     # its deadline); this share of the updates is replayed by the marketplace (proof-of-learning spot check);

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,8 +15,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.core.enqueue import schedule_request
-from marketplace.jobs import diversity, kinds
-from marketplace.jobs.kinds import SpotCheckedKind
+from marketplace.jobs import diversity, kinds, reputation
 from marketplace.jobs.models import (
     ASSIGNMENT_ATTEMPT_LOST,
     ASSIGNMENT_LIVE,
@@ -142,28 +140,13 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
             except IntegrityError:
                 # This node already had a replica of this task: replicas must be on different nodes.
                 raise _NoLease from None
-            _maybe_spot_check(task=task, job=job, node=node)
+            reputation.spot_check_maybe(task=task, job=job, node=node)
             message = assignment_message(assignment=assignment, task=task, job=job)
             transaction.on_commit(lambda: broker.assignment_publish(node_id=node.id, message=message))
     except _NoLease as refused:
         return refused.outcome
     logger.info("assignment %s: task %s of job %s leased to node %s", assignment.id, task.index, job.id, node.id)
     return LeaseOutcome(assignment)
-
-
-def _maybe_spot_check(*, task: Task, job: Job, node: Node) -> None:
-    """Adaptive replication: the first replica of a task, on a node with a long run of accepted results, may be
-    the only one; it is then spot-checked by the marketplace. New, failing or recently wrong nodes never are."""
-    if not isinstance(kinds.get(job.kind), SpotCheckedKind) or job.replication < 2:
-        return
-    if node.consecutive_valid < settings.HASHWORK["TRUSTED_AFTER"]:
-        return
-    if secrets.SystemRandom().random() < settings.HASHWORK["REPLICATION_P"]:
-        return
-    # Only while this is the task's sole replica: a concurrent lease of a second one keeps full replication.
-    Task.objects.filter(id=task.id, live_replicas=1, replicas_wanted=job.replication, spot_check=False).update(
-        replicas_wanted=1, spot_check=True
-    )
 
 
 def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[str, Any]:
@@ -189,15 +172,11 @@ def _inputs(*, assignment: Assignment, task: Task, job: Job) -> list[dict[str, A
     return kinds.get(job.kind).inputs(assignment, task)
 
 
-def _node_order(nodes: list[Node]) -> list[Node]:
-    # Prefer proven nodes: long runs of valid results, then fewer invalid ones.
-    return sorted(nodes, key=lambda n: (-n.consecutive_valid, n.invalid_count, -n.valid_count, str(n.id)))
-
-
 def schedule(*, limit: int = 1000) -> list[UUID]:
     """Lease pending replicas to online nodes with room, the right capabilities and an acceptable price, each
-    replica of a task to another operator and network, and little to nodes on probation."""
-    nodes = _node_order(list(nodes_online().filter(accepting=True, busy_slots__lt=F("slots"))))
+    replica of a task to another operator and network, and little to nodes on probation; each kind's work to the
+    nodes with the most reputation on it first."""
+    nodes = list(nodes_online().filter(accepting=True, busy_slots__lt=F("slots")))
     if not nodes:
         return []
     tasks = list(
@@ -212,6 +191,7 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
     if not tasks:
         return []
     task_ids = [t.id for t in tasks]
+    orders = reputation.node_orders(nodes, {t.job.kind for t in tasks})
     taken = set(Assignment.objects.filter(task_id__in=task_ids).values_list("task_id", "node_id"))
     held = diversity.holders(task_ids)
     blocked = set(
@@ -224,7 +204,7 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
     leased: list[UUID] = []
     for task in tasks:
         wanted = task.replicas_wanted - task.live_replicas
-        for node in nodes:
+        for node in orders[task.job.kind]:
             if wanted <= 0:
                 break
             if room[node.id] <= 0 or (task.id, node.id) in taken or (task.job_id, node.id) in blocked:

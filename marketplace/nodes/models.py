@@ -50,3 +50,20 @@ class Node(models.Model):
             return False
         window = timedelta(seconds=settings.HASHWORK["NODE_ONLINE_SECONDS"])
         return timezone.now() - self.last_heartbeat <= window
+
+
+class NodeReputation(models.Model):
+    """Trust a node has earned on one job kind (marketplace.jobs.reputation): a score of accepted results that
+    count, decaying with REPUTATION_HALF_LIFE_DAYS from `updated_at`, reset to 0 by a wrong result."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="reputations")
+    kind = models.CharField(max_length=32)
+    # The score as it stood at `updated_at`; readers decay it to their own time.
+    score = models.FloatField(default=0.0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["node", "kind"], name="node_reputation_unique_per_kind")]
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} on {self.kind}: {self.score:.2f} at {self.updated_at:%Y-%m-%d %H:%M}"

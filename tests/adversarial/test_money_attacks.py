@@ -35,8 +35,19 @@ from tests.adversarial.test_sybil_replication import (
     operator_client,
     prove,
 )
-from tests.chain_fixtures import FEE_BPS, anvil, dep, dev_account, fund_raw, poster_funds, settle, sync, w3
-from tests.factories import UserFactory
+from tests.chain_fixtures import (
+    FEE_BPS,
+    anvil,
+    bind_directly,
+    dep,
+    dev_account,
+    fund_raw,
+    poster_funds,
+    settle,
+    sync,
+    w3,
+)
+from tests.factories import AssignmentFactory, JobFactory, TaskFactory, UserFactory
 
 __all__ = ["anvil", "dep", "w3"]  # fixtures
 pytestmark = pytest.mark.django_db
@@ -321,3 +332,25 @@ def test_a_surplus_replica_is_stopped_when_its_task_completes_and_its_late_resul
     verification.task_verify(task_id=task.id)
     assert Assignment.objects.get(id=ids[2]).state == AssignmentState.CANCELLED
     assert not Payout.objects.filter(assignment_id=ids[2]).exists()
+
+
+def test_a_stopped_train_jobs_unjudged_updates_are_cancelled_unpaid_so_its_escrow_can_close(
+    w3: Web3, dep: Deployment
+) -> None:
+    """A round that will never close (its job was cancelled) must not keep the escrow open for ever: its
+    submitted updates are cancelled, unpaid and with no mark against their nodes; then the escrow closes."""
+    job = JobFactory(kind="train", state=JobState.RUNNING, task_count=1, replication=1, price_per_replica=10)
+    bind_directly(job, dev_account(w3).address)
+    poster_funds(w3, dep, job, services.funding_required(job=job, fee_bps=FEE_BPS))
+    sync(w3, dep)
+    update = AssignmentFactory(task=TaskFactory(job=job, index=0), state=AssignmentState.SUBMITTED)
+    Job.objects.filter(id=job.id).update(state=JobState.CANCELLED)
+    escrow = chain.escrow(w3, signed=True)
+    # The settlement run gives the update its verdict first, then closes the escrow it no longer holds open.
+    assert services.jobs_close(escrow=escrow) == [job.id]
+    update.refresh_from_db()
+    assert update.state == AssignmentState.CANCELLED
+    assert "not paid" in update.state_reason
+    assert not Payout.objects.filter(job=job).exists()
+    assert update.node.invalid_count == 0
+    assert escrow.job_of(services.escrow_key(job.id)).closed

@@ -21,6 +21,7 @@ from marketplace.jobs.services.jobs import (
     job_mark_funded,
     job_missing_assets,
     job_split,
+    job_stranded_settle,
     jobs_expire,
     quote_compute,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "job_missing_assets",
     "job_output_build",
     "job_split",
+    "job_stranded_settle",
     "job_transition",
     "jobs_expire",
     "node_heartbeat",

@@ -18,7 +18,16 @@ from marketplace.core.fields import UINT256_MAX
 from marketplace.core.queues import TaskName
 from marketplace.jobs import dispatch, kinds
 from marketplace.jobs.kinds import DrivenKind, ReplicatedKind
-from marketplace.jobs.models import JOB_TRANSITIONS, Job, JobState, Task, TaskState
+from marketplace.jobs.models import (
+    JOB_TERMINAL,
+    JOB_TRANSITIONS,
+    Assignment,
+    AssignmentState,
+    Job,
+    JobState,
+    Task,
+    TaskState,
+)
 from marketplace.jobs.transitions import job_transition
 
 logger = logging.getLogger(__name__)
@@ -164,6 +173,8 @@ def job_cancel(*, job_id: UUID, poster: AbstractBaseUser) -> Job:
         raise NotFound("No such job.")
     job_transition(job_id=job.id, to=JobState.CANCELLED, reason="cancelled by the poster")
     dispatch.work_stop(job_id=job.id, reason="job cancelled")
+    # Work already submitted is still judged: what verifies is paid (the poster never takes it for free).
+    job_stranded_settle(job_id=job.id)
     job.refresh_from_db()
     return job
 
@@ -177,8 +188,33 @@ def jobs_expire(*, now: datetime | None = None) -> int:
         with transaction.atomic():
             if job_transition(job_id=job_id, to=JobState.EXPIRED, reason="deadline passed", strict=False):
                 dispatch.work_stop(job_id=job_id, reason="job expired")
+                job_stranded_settle(job_id=job_id)
                 expired += 1
     return expired
+
+
+def job_stranded_settle(*, job_id: UUID) -> int:
+    """Give the submitted replicas of a stopped job (cancelled, failed, expired) their verdict, so that its
+    escrow can close: a replicated kind's are judged again with what is there (paid if they verify, see
+    verification); a driven kind's updates belong to a round that will never close: cancelled, unpaid, with no
+    mark against their nodes. Returns how many were waiting."""
+    job = Job.objects.filter(id=job_id, state__in=JOB_TERMINAL).values("kind").first()
+    if job is None:
+        return 0
+    waiting = list(
+        Assignment.objects.filter(task__job_id=job_id, state=AssignmentState.SUBMITTED).values_list("id", "task_id")
+    )
+    if isinstance(kinds.get(job["kind"]), DrivenKind):
+        for assignment_id, _ in waiting:
+            dispatch.assignment_end(
+                assignment_id=assignment_id,
+                to=AssignmentState.CANCELLED,
+                reason="its job stopped before the round closed: not aggregated, not paid",
+            )
+    else:
+        for task_id in sorted({task_id for _, task_id in waiting}, key=str):
+            enqueue(TaskName.TASK_VERIFY, task_id)
+    return len(waiting)
 
 
 def job_complete_if_done(*, job_id: UUID) -> bool:

@@ -22,6 +22,7 @@ from contracts.bindings import JobEscrow
 from contracts.bindings import Payout as ChainPayout
 from contracts.errors import ContractRevert, TransactionFailed
 from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job
+from marketplace.jobs.services import job_stranded_settle
 from marketplace.payments.models import (
     EntryKind,
     JobSettlement,
@@ -285,6 +286,17 @@ def jobs_close(*, escrow: JobEscrow, now: datetime | None = None) -> list[UUID]:
         .exclude(tasks__assignments__state__in=REPLICA_UNSETTLED)
         .distinct()
     )
+    # Finished jobs still waiting on a verdict for submitted replicas: ask for it (it may pay them).
+    stranded = (
+        Job.objects.filter(
+            state__in=JOB_TERMINAL, deposits__isnull=False, tasks__assignments__state=AssignmentState.SUBMITTED
+        )
+        .exclude(settlement__closed_at__isnull=False)
+        .values_list("id", flat=True)
+        .distinct()
+    )
+    for job_id in list(stranded):
+        job_stranded_settle(job_id=job_id)
     for job in finished:
         key = escrow_key(job.id)
         if escrow.job_of(key).closed:
