@@ -219,23 +219,29 @@ def compare(dir_a: str | Path, dir_b: str | Path) -> Verdict:
         reasons.append("COCO categories differ")
     indices = sorted(set(a.by_index) | set(b.by_index))
     _compare_labels(a, b, indices, reasons)
-    scores: dict[int, float] = {}
-    if "rgb" in a.manifest["passes"]:
-        for index in indices:
-            if index not in a.by_index or index not in b.by_index:
-                continue
-            ra = _read(a, "rgb", index, reasons, "A")
-            rb = _read(b, "rgb", index, reasons, "B")
-            if ra is None or rb is None:
-                continue
-            scores[index] = psnr(ra, rb)
-            if scores[index] < RGB_MIN_PSNR_DB:
-                reasons.append(f"image {index}: rgb PSNR {scores[index]:.2f} dB < {RGB_MIN_PSNR_DB:.0f} dB")
+    scores = _compare_rgb(a, b, indices, reasons) if "rgb" in a.manifest["passes"] else {}
     return Verdict(not reasons, _cap(reasons), scores)
 
 
-def compare_labels(reference: Path, rerender: Path, indices: list[int]) -> Verdict:
-    """Spot check: the label passes (and normals) of `indices` in chunk `reference` against a labels-only re-render."""
+def _compare_rgb(a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str]) -> dict[int, float]:
+    """PSNR of each image's RGB in `a` against `b`; an image below RGB_MIN_PSNR_DB (or missing) adds a reason."""
+    scores: dict[int, float] = {}
+    for index in indices:
+        if index not in a.by_index or index not in b.by_index:
+            continue
+        ra = _read(a, "rgb", index, reasons, "A")
+        rb = _read(b, "rgb", index, reasons, "B")
+        if ra is None or rb is None:
+            continue
+        scores[index] = psnr(ra, rb)
+        if scores[index] < RGB_MIN_PSNR_DB:
+            reasons.append(f"image {index}: rgb PSNR {scores[index]:.2f} dB < {RGB_MIN_PSNR_DB:.0f} dB")
+    return scores
+
+
+def compare_labels(reference: Path, rerender: Path, indices: list[int], *, rgb: bool = False) -> Verdict:
+    """Spot check: the label passes (and normals) of `indices` in chunk `reference` against a re-render, exactly;
+    with `rgb` (a full re-render), their RGB too, by the replicas' PSNR rule (RGB_MIN_PSNR_DB)."""
     reasons: list[str] = []
     a = _load(reference, reasons, "chunk")
     b = _load(rerender, reasons, "re-render")
@@ -244,4 +250,11 @@ def compare_labels(reference: Path, rerender: Path, indices: list[int]) -> Verdi
     if a.manifest.get("spec_digest") != b.manifest.get("spec_digest"):
         reasons.append("chunk was rendered from a different spec")
     _compare_labels(a, b, indices, reasons)
-    return Verdict(not reasons, _cap(reasons))
+    scores: dict[int, float] = {}
+    # The re-render's passes are the spec's: a spec without RGB has none to check.
+    if rgb and "rgb" in b.manifest["passes"]:
+        if "rgb" not in a.manifest["passes"]:
+            reasons.append("chunk: its manifest lists no rgb pass, the spec asks for one")
+        else:
+            scores = _compare_rgb(a, b, indices, reasons)
+    return Verdict(not reasons, _cap(reasons), scores)

@@ -1,4 +1,5 @@
-"""Parent side of rendering: run Blender in a child process per chunk, and spot-check one image's labels."""
+"""Parent side of rendering: run Blender in a child process per chunk, and spot-check one image (its labels, or
+in full)."""
 
 from __future__ import annotations
 
@@ -99,9 +100,17 @@ def render_chunk(
 
 
 def spot_check(
-    spec_dict: dict[str, Any], chunk_dir: str | Path, image_index: int, *, asset_dir: str | Path | None = None
+    spec_dict: dict[str, Any],
+    chunk_dir: str | Path,
+    image_index: int,
+    *,
+    asset_dir: str | Path | None = None,
+    full: bool = False,
 ) -> Verdict:
-    """Re-render the label passes of image `image_index` (Workbench only, no path tracing) and compare exactly."""
+    """Re-render image `image_index` here, on the CPU, and compare it with the chunk's: by default the label passes
+    only (Workbench, no path tracing), exactly; with `full`, RGB too, path-traced with the spec's own samples and
+    held to the replicas' PSNR rule (RGB_MIN_PSNR_DB), so a render with fewer samples fails; it costs the render
+    time of one image (docs/synthetic.md, "Verification")."""
     spec = validate_spec(spec_dict)
     with tempfile.TemporaryDirectory(prefix="synthetic-spot-") as tmp:
         job = {
@@ -110,8 +119,8 @@ def spot_check(
             "count": 1,
             "out_dir": tmp,
             "asset_dir": str(Path(asset_dir or Path.cwd()).resolve()),
-            "labels_only": True,
+            "labels_only": not full,
             "device": "cpu",
         }
         _run_child(job, None)
-        return compare_labels(Path(chunk_dir), Path(tmp), [image_index])
+        return compare_labels(Path(chunk_dir), Path(tmp), [image_index], rgb=full)

@@ -49,7 +49,9 @@ def reputations(*, node_ids: Iterable[UUID], now: datetime | None = None) -> dic
     """Every listed node's decayed reputation, by kind (nodes with none are absent); one query."""
     now = now or timezone.now()
     found: dict[UUID, dict[str, float]] = {}
-    rows = NodeReputation.objects.filter(node_id__in=list(node_ids)).values_list("node_id", "kind", "score", "updated_at")
+    rows = NodeReputation.objects.filter(node_id__in=list(node_ids)).values_list(
+        "node_id", "kind", "score", "updated_at"
+    )
     for node_id, kind, score, updated_at in rows:
         found.setdefault(node_id, {})[kind] = decayed(score, updated_at, now)
     return found

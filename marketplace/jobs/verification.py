@@ -17,10 +17,18 @@ from django.db import transaction
 from django.db.models import F
 
 from marketplace.core import hooks
-from marketplace.jobs import kinds
+from marketplace.jobs import kinds, reputation
 from marketplace.jobs.dispatch import assignment_end, task_fail
 from marketplace.jobs.kinds import DrivenKind, ReplicatedKind, SpotCheckedKind
-from marketplace.jobs.models import ASSIGNMENT_OPEN, Assignment, AssignmentState, Result, Task, TaskState
+from marketplace.jobs.models import (
+    ASSIGNMENT_OPEN,
+    Assignment,
+    AssignmentState,
+    JobNodeBlock,
+    Result,
+    Task,
+    TaskState,
+)
 from marketplace.jobs.services.jobs import job_complete_if_done
 from marketplace.jobs.transitions import task_transition
 from marketplace.nodes.models import Node
@@ -35,21 +43,39 @@ __all__ = ["assignment_accept", "assignment_reject", "job_complete_if_done", "ta
 
 
 def assignment_accept(assignment_id: UUID, node_id: UUID, reason: str = "agrees with the quorum") -> None:
-    """Accept a replica: reputation up, and (through the assignment_accepted hook, in the same transaction) its
+    """Accept a replica: the node's counters up, its reputation for the kind up where the result counts
+    (`reputation.reputation_credit`), and (through the assignment_accepted hook, in the same transaction) its
     payout: accepted work always has its payout, nothing else does."""
     with transaction.atomic():
         if assignment_end(assignment_id=assignment_id, to=AssignmentState.ACCEPTED, reason=reason):
+            # Takes the node's row lock, which serialises the reputation update below.
             Node.objects.filter(id=node_id).update(
                 valid_count=F("valid_count") + 1, consecutive_valid=F("consecutive_valid") + 1
             )
+            reputation.reputation_credit(assignment_id=assignment_id, node_id=node_id)
             hooks.assignment_accepted.send(assignment_id)
 
 
-def assignment_reject(assignment_id: UUID, node_id: UUID, reason: str) -> None:
-    """Reject a replica with its reason: reputation down, never paid."""
-    if assignment_end(assignment_id=assignment_id, to=AssignmentState.REJECTED, reason=reason):
+def assignment_reject(assignment_id: UUID, node_id: UUID, reason: str, *, wrong: bool = False) -> None:
+    """Reject a replica with its reason: counters down, never paid. A `wrong` result (it disagreed with the
+    quorum, failed its spot check or was malformed) also resets the node's reputation for the job's kind to 0 and
+    blocks the node from the job (JobNodeBlock.blocked): it gets none of that job's work again. Without `wrong`
+    (a late or refused update of a training round) the node keeps both."""
+    with transaction.atomic():
+        if not assignment_end(assignment_id=assignment_id, to=AssignmentState.REJECTED, reason=reason):
+            return
+        # The node's row lock first (lock order: node, then its reputation and block rows).
         Node.objects.filter(id=node_id).update(invalid_count=F("invalid_count") + 1, consecutive_valid=0)
         logger.warning("assignment %s of node %s rejected: %s", assignment_id, node_id, reason)
+        if not wrong:
+            return
+        job_id, kind = Assignment.objects.filter(id=assignment_id).values_list("task__job_id", "task__job__kind").get()
+        reputation.reputation_reset(node_id=node_id, kind=kind, reason=f"assignment {assignment_id}: {reason}")
+        block, _ = JobNodeBlock.objects.get_or_create(job_id=job_id, node_id=node_id)
+        if JobNodeBlock.objects.filter(id=block.id, blocked=False).update(blocked=True):
+            logger.warning(
+                "node %s blocked from job %s: a wrong result (assignment %s)", node_id, job_id, assignment_id
+            )
 
 
 @dataclass
@@ -135,7 +161,7 @@ def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _
         assignment_id, value = next(iter(values.items()))
         ok, reason = kind.spot_check(task, value)
         if ok:
-            plan.accept.append((assignment_id, "agrees with the quorum"))
+            plan.accept.append((assignment_id, f"passed its spot check: {reason}"))
             plan.complete = True
         else:
             plan.reject.append((assignment_id, f"spot check failed: {reason}"))
@@ -163,7 +189,7 @@ def _judge_stopped(*, task: Task, kind: ReplicatedKind[Any], plan: _Plan, values
         assignment_id, value = next(iter(values.items()))
         ok, reason = kind.spot_check(task, value)
         if ok:
-            plan.accept.append((assignment_id, "passed its spot check"))
+            plan.accept.append((assignment_id, f"passed its spot check: {reason}"))
         else:
             plan.reject.append((assignment_id, f"spot check failed: {reason}"))
         return plan
@@ -188,7 +214,8 @@ def _apply(*, task: Task, plan: _Plan, nodes: dict[str, UUID], replicas: int) ->
     for a, why in plan.accept:
         assignment_accept(UUID(a), nodes[a], why)
     for a, why in plan.reject:
-        assignment_reject(UUID(a), nodes[a], why)
+        # Every rejection judged here is a wrong result: malformed, outvoted, or a failed spot check.
+        assignment_reject(UUID(a), nodes[a], why, wrong=True)
     for a, why in plan.cancel:
         if assignment_end(assignment_id=UUID(a), to=AssignmentState.CANCELLED, reason=why):
             logger.info("assignment %s of task %s cancelled: %s", a, task.id, why)

@@ -160,9 +160,14 @@ class RenderKind(SpotCheckedKind[Path]):
         return "; ".join(compare(accepted, value).reasons[:3])
 
     def spot_check(self, task: Any, value: Path) -> tuple[bool, str]:
-        """Re-render the label passes of one random image of the chunk here and require an exact match."""
-        from synthetic import spot_check as rerender_labels
+        """Re-render one random image of the chunk here in full (path-traced with the job's samples, every pass)
+        and require its labels to match exactly and its RGB to pass the replicas' PSNR rule: the only replica of
+        a trusted node's task is checked on what it is paid for, so a lazy (fewer-samples) render fails."""
+        from synthetic import spot_check as rerender
 
         index = task.payload["start"] + secrets.randbelow(task.payload["count"])
-        verdict = rerender_labels(task.payload["spec"], value, index, asset_dir=assets_dir(task.job))
-        return bool(verdict.ok), "; ".join(verdict.reasons[:3]) or f"image {index} re-rendered identically"
+        verdict = rerender(task.payload["spec"], value, index, asset_dir=assets_dir(task.job), full=True)
+        if not verdict.ok:
+            return False, "; ".join(verdict.reasons[:3])
+        scores = ", ".join(f"{db:.1f} dB" if db != float("inf") else "identical" for db in verdict.psnr_db.values())
+        return True, f"image {index} re-rendered in full: labels identical, rgb {scores or 'not asked for'}"

@@ -255,7 +255,10 @@ def _wait_for_url(process: subprocess.Popen[bytes], *, timeout: float) -> str:
 
 @pytest.mark.django_db
 def test_fund_dev_funds_a_draft_job_with_what_it_needs_and_the_extra(on_local: devchain.DevChain) -> None:
-    from marketplace.payments.services import funding_required
+    from eth_account import Account
+
+    from marketplace.core.exceptions import Conflict
+    from marketplace.payments.services import chain_sync, escrow_bind, escrow_key, funding_required
     from tests.factories import JobFactory
 
     call_command("chain", "deploy", stdout=io.StringIO())
@@ -265,10 +268,15 @@ def test_fund_dev_funds_a_draft_job_with_what_it_needs_and_the_extra(on_local: d
     assert "Funded job" in out.getvalue()
     w3 = connect(on_local.url)
     escrow = load_deployment(django_settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id).escrow_contract(w3)
-    assert escrow.job_of(job.id).remaining == funding_required(job=job, fee_bps=250) + 10**18 // 2
-    # Someone who is not the job's poster cannot top it up: the escrow refuses, and the error says why.
-    with pytest.raises(CommandError, match="EscrowNotPoster"):
-        call_command("chain", "fund-dev", str(job.id), "--account", "2", "--extra", "1", stdout=io.StringIO())
+    on_chain = escrow.job_of(escrow_key(job.id))
+    assert on_chain.remaining == funding_required(job=job, fee_bps=250) + 10**18 // 2
+    assert on_chain.max_payouts == 4  # the job's terms: tasks × replication payouts of at most the price
+    assert on_chain.max_payout == 10**18
+    # Once the marketplace has seen the deposit, another wallet cannot take over the job's escrow id.
+    dep = load_deployment(django_settings.CHAIN_DEPLOYMENTS_FILE, w3.eth.chain_id)
+    chain_sync(w3=w3, escrow=escrow, chain_id=dep.chain_id, start_block=dep.block_number)
+    with pytest.raises(Conflict, match="which has funded it"):
+        escrow_bind(job_id=job.id, wallet=Account.from_key(devchain.dev_keys(3)[2]).address)
 
 
 @pytest.mark.django_db

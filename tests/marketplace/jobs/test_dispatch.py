@@ -26,7 +26,7 @@ from marketplace.jobs.models import (
     Task,
     TaskState,
 )
-from marketplace.nodes.models import Node
+from marketplace.nodes.models import Node, NodeReputation
 from tests.conftest import make_node
 from tests.factories import JobFactory, TaskFactory, UserFactory
 
@@ -115,6 +115,15 @@ class TestLeasing:
         Node.objects.filter(id=proven.id).update(consecutive_valid=20, valid_count=20)
         (leased,) = dispatch.schedule()
         assert Assignment.objects.get(id=leased).node_id == proven.id
+
+    def test_reputation_on_the_jobs_kind_comes_before_a_long_run_of_results(self) -> None:
+        job = _job(tasks=1, replication=1)
+        streak, reputable = _nodes(2, proven=True)
+        Node.objects.filter(id=streak.id).update(consecutive_valid=50, valid_count=50)
+        NodeReputation.objects.create(node=reputable, kind=job.kind, score=3)
+        NodeReputation.objects.create(node=streak, kind="render", score=40)  # earned on another kind: no help here
+        (leased,) = dispatch.schedule()
+        assert Assignment.objects.get(id=leased).node_id == reputable.id
 
     def test_work_of_a_job_that_is_not_running_is_not_leased(self) -> None:
         job = _job(tasks=2, replication=1)
@@ -356,6 +365,7 @@ def test_a_spot_checked_replica_that_ends_unfinished_restores_full_replication(
     job = _job(tasks=1, replication=2, kind=_SpotCheckedBenchmark.name)
     trusted, newcomer = _nodes(2, slots=1)
     Node.objects.filter(id=trusted.id).update(consecutive_valid=12, valid_count=12)
+    NodeReputation.objects.create(node=trusted, kind=_SpotCheckedBenchmark.name, score=12)
     Node.objects.filter(id=newcomer.id).update(accepting=False)
     (leased,) = dispatch.schedule()
     task = job.tasks.get()

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from django.core.files.base import ContentFile
 
-from marketplace.jobs import dispatch, services, verification
-from marketplace.jobs.models import Assignment, AssignmentState, JobState, Result, Task, TaskState
-from marketplace.nodes.models import Node
+from marketplace.jobs import dispatch, reputation, services, verification
+from marketplace.jobs.models import Assignment, AssignmentState, JobNodeBlock, JobState, Result, Task, TaskState
+from marketplace.nodes.models import Node, NodeReputation
 from marketplace.payments.models import Payout
 from synthetic import render_chunk
 from tests.conftest import make_node
@@ -55,6 +55,7 @@ def _job_and_nodes(settings: Any, *, p: float, trusted: bool) -> tuple[Task, lis
     nodes = [make_node(UserFactory(username=f"op{i}"), name=f"n{i}", capabilities=software).node for i in range(2)]
     if trusted:
         Node.objects.filter(id=nodes[0].id).update(consecutive_valid=12, valid_count=12)
+        NodeReputation.objects.create(node=nodes[0], kind="render", score=12)
     Node.objects.filter(id=nodes[1].id).update(accepting=False)
     return Task.objects.get(job=job), nodes
 
@@ -81,6 +82,9 @@ def test_a_trusted_nodes_chunk_is_spot_checked_instead_of_replicated(settings: A
     assert Assignment.objects.get(id=leased).state == AssignmentState.ACCEPTED
     assert Payout.objects.filter(assignment_id=leased).exists()
     assert Node.objects.get(id=trusted.id).consecutive_valid == 13
+    # Another poster's job, replication 2, at the market price (its own): the passed spot check earns reputation.
+    assert reputation.reputation_of(node_id=trusted.id, kind="render") == pytest.approx(13, abs=0.01)
+    assert "re-rendered in full" in Assignment.objects.get(id=leased).state_reason
 
 
 def test_new_nodes_are_always_replicated(settings: Any) -> None:
@@ -119,6 +123,8 @@ def test_a_tampered_chunk_fails_its_spot_check_and_full_replication_returns(
     assert (task.replicas_wanted, task.spot_check) == (2, False)
     liar = Node.objects.get(id=trusted.id)
     assert (liar.invalid_count, liar.consecutive_valid) == (1, 0)
+    assert reputation.reputation_of(node_id=trusted.id, kind="render") == 0
+    assert JobNodeBlock.objects.get(job_id=task.job_id, node_id=trusted.id).blocked
     assert not Payout.objects.filter(assignment_id=leased).exists()
     Node.objects.filter(id=other.id).update(accepting=True)
     assert len(dispatch.schedule()) == 1  # a replica on the other node; the liar already had its chance
