@@ -218,6 +218,30 @@ def test_a_spot_check_accepts_honest_labels_and_rejects_tampered_ones(rendered: 
     assert any("depth pass differs in 100 pixels" in r for r in verdict.reasons)
 
 
+def test_a_full_spot_check_passes_an_honest_chunk_and_fails_a_lazy_one_by_its_rgb(
+    rendered: Rendered, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    verdict = spot_check(rendered.spec, rendered.honest, 2, asset_dir=rendered.assets, full=True)
+    seconds = time.monotonic() - started
+    assert verdict.ok, verdict.reasons
+    assert verdict.psnr_db == {2: float("inf")}
+    assert seconds < 30  # one image, path-traced with the spec's samples (measured: ~1 s at 128², 8 spp)
+    # A lazy chunk (¼ of the samples) whose manifest claims the honest spec: its labels are identical, so the
+    # labels-only check would pass it; the full one fails it on RGB alone.
+    lazy = _copy(rendered.lazy, tmp_path / "lazy")
+    manifest = chunk.read_json(lazy / chunk.MANIFEST)
+    manifest["spec_digest"] = chunk.read_json(rendered.honest / chunk.MANIFEST)["spec_digest"]
+    chunk.write_json(lazy / chunk.MANIFEST, manifest)
+    assert spot_check(rendered.spec, lazy, 2, asset_dir=rendered.assets).ok
+    verdict = spot_check(rendered.spec, lazy, 2, asset_dir=rendered.assets, full=True)
+    assert not verdict.ok
+    (reason,) = verdict.reasons
+    assert reason.startswith("image 2: rgb PSNR ")
+    assert reason.endswith(f"< {RGB_MIN_PSNR_DB:.0f} dB")
+    assert verdict.psnr_db[2] < 40
+
+
 def test_a_failing_child_raises_and_leaves_no_temp_files(tmp_path: Path) -> None:
     # No widget.glb under tmp_path: the child fails when it imports the asset.
     spec = small_spec()

@@ -294,6 +294,9 @@ class TestVerification:
         assert Assignment.objects.get(id=third.id).state == AssignmentState.ACCEPTED
         lying = Node.objects.get(id=liar.node_id)
         assert (lying.invalid_count, lying.consecutive_valid) == (1, 0)
+        # A wrong result: no more of this job for the liar.
+        assert JobNodeBlock.objects.get(job_id=task.job_id, node_id=liar.node_id).blocked
+        assert not JobNodeBlock.objects.filter(node_id__in=[honest.node_id, third.node_id]).exists()
 
     def test_a_malformed_result_is_rejected_and_its_replica_leased_again(self) -> None:
         task, (a, _b), nodes = self._leased()
