@@ -33,7 +33,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 def test_a_poster_renders_a_dataset_and_trains_on_it_and_the_operator_sees_earnings(
     stack: Stack, browser: Browser, tmp_path: Path
 ) -> None:
-    agents = [stack.agent("rig-a"), stack.agent("rig-b")]
+    # One operator runs both rigs (their jobs here are replication 1, so the one-operator-per-replica rule holds).
+    agents = [stack.agent("rig-a"), stack.agent("rig-b", operator="operator")]
     wait_for(lambda: all(a.me()["is_online"] for a in agents), timeout=60, what="both agents online")
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(20_000)
