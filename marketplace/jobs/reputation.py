@@ -59,7 +59,7 @@ def reputations(*, node_ids: Iterable[UUID], now: datetime | None = None) -> dic
 
 def trusted(*, node_id: UUID, kind: str, now: datetime | None = None) -> bool:
     """Whether the node has earned TRUSTED_AFTER (decayed) on `kind`."""
-    return reputation_of(node_id=node_id, kind=kind, now=now) >= settings.HASHWORK["TRUSTED_AFTER"]
+    return reputation_of(node_id=node_id, kind=kind, now=now) >= float(settings.HASHWORK["TRUSTED_AFTER"])
 
 
 def market_price(kind: str) -> int | None:

@@ -16,6 +16,7 @@ from marketplace.api.pagination import Pagination
 from marketplace.core.enqueue import schedule_request
 from marketplace.jobs import dispatch
 from marketplace.jobs.models import Assignment
+from marketplace.jobs.reputation import reputations
 from marketplace.jobs.services import node_heartbeat
 from marketplace.nodes import services
 from marketplace.nodes.authentication import NodeApiView
@@ -247,7 +248,21 @@ class NodeAssignmentListApi(NodeApiView):
         return paginator.get_paginated_response(NodeAssignmentOutputSerializer(page, many=True).data)
 
 
+class NodeMeOutputSerializer(NodeOutputSerializer):
+    reputation = serializers.SerializerMethodField(
+        help_text="{kind: reputation now (decayed)}: trusted on a kind at HASHWORK TRUSTED_AFTER or more."
+    )
+
+    class Meta(NodeOutputSerializer.Meta):
+        fields = [*NodeOutputSerializer.Meta.fields, "reputation"]
+
+    @extend_schema_field(serializers.DictField(child=serializers.FloatField()))
+    def get_reputation(self, node: Node) -> dict[str, float]:
+        earned = reputations(node_ids=[node.id]).get(node.id, {})
+        return {kind: round(score, 3) for kind, score in sorted(earned.items())}
+
+
 class NodeMeApi(NodeApiView):
-    @extend_schema(operation_id="nodes_me", responses={200: NodeOutputSerializer, 401: ERRORS[401]})
+    @extend_schema(operation_id="nodes_me", responses={200: NodeMeOutputSerializer, 401: ERRORS[401]})
     def get(self, request: Request) -> Response:
-        return Response(NodeOutputSerializer(request.auth).data)
+        return Response(NodeMeOutputSerializer(request.auth).data)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from marketplace.nodes.authentication import token_hash
-from marketplace.nodes.models import Node
+from marketplace.nodes.models import Node, NodeReputation
 
 pytestmark = pytest.mark.django_db
 
@@ -86,3 +88,11 @@ def test_a_heartbeat_with_more_free_slots_than_the_node_has_is_refused(node: Any
 def test_a_node_without_heartbeats_is_offline(node: Any, settings: Any) -> None:
     Node.objects.filter(id=node.node.id).update(last_heartbeat=None)
     assert not Node.objects.get(id=node.node.id).is_online
+
+
+def test_a_node_sees_its_decayed_reputation_per_kind(node: Any) -> None:
+    assert node.client.get("/api/nodes/me/").json()["reputation"] == {}
+    half_life = timedelta(days=14)  # REPUTATION_HALF_LIFE_DAYS
+    NodeReputation.objects.create(node=node.node, kind="render", score=8, updated_at=timezone.now() - half_life)
+    NodeReputation.objects.create(node=node.node, kind="benchmark", score=3)
+    assert node.client.get("/api/nodes/me/").json()["reputation"] == {"benchmark": 3.0, "render": 4.0}
