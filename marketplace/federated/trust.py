@@ -11,6 +11,7 @@ from uuid import UUID
 
 from django.conf import settings
 
+from marketplace.jobs import reputation
 from marketplace.jobs.models import JobNodeBlock
 from marketplace.nodes.models import Node
 
@@ -46,6 +47,7 @@ def node_caught(*, job_id: UUID, node_id: UUID, reason: str) -> None:
     block, _ = JobNodeBlock.objects.get_or_create(job_id=job_id, node_id=node_id)
     JobNodeBlock.objects.filter(id=block.id).update(blocked=True)
     Node.objects.filter(id=node_id).update(consecutive_valid=0)
+    reputation.reputation_reset(node_id=node_id, kind="train", reason=reason)
     logger.warning("node %s blocked from train job %s: %s", node_id, job_id, reason)
 
 
