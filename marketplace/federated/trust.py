@@ -19,17 +19,19 @@ logger = logging.getLogger(__name__)
 
 
 def replay_probability(node: Node) -> float:
-    """The chance that this node's next update is replayed. A node without an accepted streak (new, or just
-    rejected) is always replayed; the probability falls linearly to TRAIN_REPLAY_SHARE over TRUSTED_AFTER
-    consecutive accepted results, a streak that grows with each invalid result the node ever had
-    (× 1 + invalid_count), and it is never below TRAIN_REPLAY_FLOOR."""
+    """The chance that this node's next update is replayed. It falls linearly from 1 to TRAIN_REPLAY_SHARE as the
+    node's train reputation (jobs.reputation: accepted updates on other posters' jobs at no less than the market
+    price, decaying, reset when caught) grows to TRUSTED_AFTER × (1 + invalid_count), and it is never below
+    TRAIN_REPLAY_FLOOR. A new node, or one just caught, is always replayed; streaks on other kinds (cheap
+    benchmark tasks, say) buy nothing here."""
     hw = settings.HASHWORK
     floor = float(hw["TRAIN_REPLAY_FLOOR"])
     trusted = max(floor, float(hw["TRAIN_REPLAY_SHARE"]))
-    if node.valid_count == 0 or node.consecutive_valid == 0:
+    score = reputation.reputation_of(node_id=node.id, kind="train")
+    if score <= 0 or node.consecutive_valid == 0:
         return 1.0
     streak = int(hw["TRUSTED_AFTER"]) * (1 + node.invalid_count)
-    earned = min(1.0, node.consecutive_valid / streak)
+    earned = min(1.0, score / streak)
     return max(floor, 1.0 - earned * (1.0 - trusted))
 
 

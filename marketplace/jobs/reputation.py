@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from marketplace.jobs import kinds
-from marketplace.jobs.kinds import SpotCheckedKind
+from marketplace.jobs.kinds import DrivenKind, SpotCheckedKind
 from marketplace.jobs.models import Job, JobState, Task
 from marketplace.nodes.models import Node, NodeReputation
 
@@ -81,7 +81,9 @@ def _not_counted(*, job: Job, operator_id: int) -> str | None:
     """Why an accepted result on `job`, by a node of `operator_id`, earns no reputation; None when it does."""
     if job.poster_id == operator_id:
         return "its operator posted the job"
-    if job.replication < 2:
+    # A replicated kind's lone replica is checked by nobody; a driven kind (train) checks every result itself
+    # (progress, norm, loss, replays), so its replication does not matter.
+    if job.replication < 2 and not isinstance(kinds.get(job.kind), DrivenKind):
         return f"the job's replication is {job.replication}"
     going = market_price(job.kind)
     if going is not None and int(job.price_per_replica) < going:
