@@ -49,26 +49,43 @@ def lease_windows(kind_name: str) -> tuple[int, int]:
     return start, lease
 
 
+def _count(value: Any) -> int:
+    """A whole number from a stored record, 0 when it is none: a record from before validation at the edge (or
+    written by hand) never raises inside the scheduler."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
 def capabilities_satisfy(requirements: dict[str, Any], capabilities: dict[str, Any]) -> bool:
-    """Whether a node reporting `capabilities` (nodeagent probe) can run a task needing `requirements`."""
-    gpus_needed = int(requirements.get("gpus", 0) or 0)
+    """Whether a node reporting `capabilities` (nodeagent probe; checked by protocol.Capabilities at the API) can
+    run a task needing `requirements`. Total: a malformed record satisfies nothing it cannot prove."""
+    if not isinstance(capabilities, dict):
+        return False
+    gpus_needed = _count(requirements.get("gpus"))
     if gpus_needed:
-        min_vram = int(requirements.get("min_vram_mb", 0) or 0)
-        gpus = [g for g in capabilities.get("gpus") or [] if int(g.get("vram_mb", 0) or 0) >= min_vram]
-        usable = min(len(gpus), int(capabilities.get("max_gpus", len(gpus)) or 0))
+        min_vram = _count(requirements.get("min_vram_mb"))
+        reported = capabilities.get("gpus")
+        listed = [g for g in reported if isinstance(g, dict)] if isinstance(reported, list) else []
+        gpus = [g for g in listed if _count(g.get("vram_mb")) >= min_vram]
+        cap = capabilities.get("max_gpus")
+        usable = len(gpus) if cap is None else min(len(gpus), _count(cap))
         if usable < gpus_needed:
             return False
-    if int(capabilities.get("cpu_cores", 0) or 0) < int(requirements.get("cpu_cores", 0) or 0):
+    if _count(capabilities.get("cpu_cores")) < _count(requirements.get("cpu_cores")):
         return False
-    if int(capabilities.get("ram_mb", 0) or 0) < int(requirements.get("ram_mb", 0) or 0):
+    if _count(capabilities.get("ram_mb")) < _count(requirements.get("ram_mb")):
         return False
-    software = capabilities.get("software") or {}
+    software = capabilities.get("software")
+    if not isinstance(software, dict):
+        software = {}
     return all(software.get(name) for name in requirements.get("software") or [])
 
 
 def _price_ok(job: Job, node: Node) -> bool:
-    minimum = node.min_price.get(job.kind)
-    return minimum is None or int(minimum) <= job.price_per_replica
+    minimum = node.min_price.get(job.kind) if isinstance(node.min_price, dict) else None
+    return minimum is None or _count(minimum) <= job.price_per_replica
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from marketplace.nodes import services
 from marketplace.nodes.authentication import NodeApiView
 from marketplace.nodes.models import Node
 from marketplace.nodes.network import client_address
-from protocol import PROTOCOL, UPGRADE
+from protocol import PROTOCOL, UPGRADE, ProtocolError
+from protocol.capabilities import Capabilities
 
 
 def request_address(request: Request) -> str | None:
@@ -30,10 +31,21 @@ def request_address(request: Request) -> str | None:
     return client_address(request.META, trusted_proxies=settings.HASHWORK["TRUSTED_PROXIES"])
 
 
+class CapabilitiesField(serializers.DictField):  # type: ignore[type-arg]
+    """A node's capabilities, checked against protocol.Capabilities (types and ranges); stored as the checked,
+    normalised dict, so the scheduler never meets a malformed one."""
+
+    def to_internal_value(self, data: object) -> dict[str, object]:
+        try:
+            return Capabilities.from_json(data).model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        except ProtocolError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class NodeEnrollInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
     name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", help_text="Letters, digits, . _ -")
     wallet_address = serializers.CharField(max_length=42, help_text="0x-address that payouts go to.")
-    capabilities = serializers.DictField(default=dict, help_text="What `nodeagent probe --json` reports.")
+    capabilities = CapabilitiesField(default=dict, help_text="What `nodeagent probe --json` reports.")
     slots = serializers.IntegerField(default=1, min_value=1, max_value=services.MAX_SLOTS)
     min_price = serializers.DictField(default=dict, help_text="{kind: minimum price per replica in base units}.")
 
@@ -118,7 +130,7 @@ class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type
         max_length=64,
         help_text=f"The agent's protocol version ({PROTOCOL!r}); agents older than the versioned protocol omit it.",
     )
-    capabilities = serializers.DictField(required=False)
+    capabilities = CapabilitiesField(required=False)
     free_slots = serializers.IntegerField(min_value=0)
     accepting = serializers.BooleanField(default=True, help_text="False while paused or too hot: lease nothing.")
     load = serializers.FloatField(required=False, min_value=0)

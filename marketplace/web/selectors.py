@@ -258,6 +258,12 @@ def node_get_for_operator(*, node_id: UUID, operator: Any) -> Node:
 # The network (public) ----------------------------------------------------------------------------------------
 
 
+def _gpu_count(capabilities: Any) -> int:
+    """GPUs a node reported; 0 for a record that is not the shape the API checks (older rows, hand edits)."""
+    gpus = capabilities.get("gpus") if isinstance(capabilities, dict) else None
+    return len(gpus) if isinstance(gpus, list) else 0
+
+
 def network_stats(*, days: int = 14) -> dict[str, Any]:
     """The public network page: nodes online, work done, tokens paid, and the last `days` days' history."""
     online = list(nodes_online())
@@ -278,7 +284,7 @@ def network_stats(*, days: int = 14) -> dict[str, Any]:
     busy = Node.objects.filter(Q(busy_slots__gt=0), is_active=True).aggregate(s=Sum("busy_slots"))["s"]
     return {
         "online": len(online),
-        "gpus": sum(len(n.capabilities.get("gpus") or []) for n in online),
+        "gpus": sum(_gpu_count(n.capabilities) for n in online),
         "jobs_done": done.count(),
         "images": sum(int((s or {}).get("images") or 0) for s in summaries),
         "rounds": TrainRound.objects.filter(state=RoundState.CLOSED).count(),
