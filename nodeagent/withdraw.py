@@ -26,8 +26,14 @@ def withdraw(cfg: AgentConfig, amount: int | None = None, rpc_url: str | None = 
         raise WithdrawError(f"Cannot ask {cfg.marketplace_url} where the escrow is: {exc}") from exc
     if not info.get("configured"):
         raise WithdrawError("The marketplace runs without a chain: there is nothing to withdraw.")
+    rpc_url = rpc_url or info.get("rpc_url")
+    if not rpc_url:
+        raise WithdrawError(
+            "The marketplace does not publish its chain's RPC URL: pass --rpc-url with a JSON-RPC URL for chain "
+            f"{info.get('chain_id')} (your own node or provider)."
+        )
     try:
-        w3 = connect(rpc_url or info["rpc_url"])
+        w3 = connect(rpc_url)
         escrow = JobEscrow(w3, info["escrow"], Sender(w3, cfg.wallet_key))
         credit = escrow.credit_of(cfg.wallet_address)
         if credit == 0:

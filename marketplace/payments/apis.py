@@ -22,7 +22,11 @@ from marketplace.payments.models import Payout
 class ChainInfoOutputSerializer(serializers.Serializer):  # type: ignore[type-arg]
     configured = serializers.BooleanField(help_text="False while the marketplace runs without a chain.")
     chain_id = serializers.IntegerField(required=False)
-    rpc_url = serializers.CharField(required=False, help_text="JSON-RPC URL for wallets and node agents.")
+    rpc_url = serializers.CharField(
+        required=False,
+        help_text="JSON-RPC URL for wallets and node agents: PUBLIC_ETH_RPC_URL, or a local chain's; absent otherwise "
+        "(a provider's URL, which may hold its API key, is never published).",
+    )
     escrow = serializers.CharField(required=False)
     token = serializers.CharField(required=False)
     fee_bps = serializers.IntegerField(required=False)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -41,21 +45,63 @@ def node_earnings(*, node: Node, limit: int = 50) -> Earnings:
     return Earnings(settled=settled, pending=pending, credit=credit, payouts=payouts[:limit])
 
 
-def chain_info() -> dict[str, Any]:
-    """Where the escrow lives, for wallets and node agents (no secrets)."""
+# chain_info is public (no login) and asks the chain: answered from a per-process cache for this long.
+CHAIN_INFO_SECONDS = 30.0
+_chain_info_cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
+
+
+def public_rpc_url() -> str | None:
+    """The JSON-RPC URL wallets and node agents are told to use: PUBLIC_ETH_RPC_URL; else ETH_RPC_URL only when it
+    is a loopback address with no credentials (a local chain). A provider's URL usually carries its API key (in
+    the path, the query or the user part), so it is never published by default."""
+    public = settings.HASHWORK["PUBLIC_ETH_RPC_URL"]
+    if public:
+        return str(public)
+    url = settings.ETH_RPC_URL
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback or parts.username or parts.password or parts.query:
+        return None
+    return str(url)
+
+
+def chain_info(*, now: float | None = None) -> dict[str, Any]:
+    """Where the escrow lives, for wallets and node agents (no secrets), cached CHAIN_INFO_SECONDS per process so
+    that anonymous callers cannot make the marketplace call the chain on every request."""
+    now = time.monotonic() if now is None else now
+    key = (settings.ETH_RPC_URL, settings.HASHWORK["PUBLIC_ETH_RPC_URL"], str(settings.CHAIN_DEPLOYMENTS_FILE))
+    cached = _chain_info_cache.get(key)
+    if cached is not None and now - cached[0] < CHAIN_INFO_SECONDS:
+        return dict(cached[1])
+    info = _chain_info_read()
+    _chain_info_cache.clear()
+    _chain_info_cache[key] = (now, info)
+    return dict(info)
+
+
+def _chain_info_read() -> dict[str, Any]:
     try:
         w3 = chain.web3()
         dep = chain.deployment(w3)
+        fee_bps = chain.escrow(w3).fee_bps()
     except (chain.ChainNotConfigured, chain.ChainUnavailable, ChainError, FileNotFoundError, KeyError):
         return {"configured": False}
-    return {
+    info: dict[str, Any] = {
         "configured": True,
         "chain_id": dep.chain_id,
-        "rpc_url": settings.HASHWORK["PUBLIC_ETH_RPC_URL"] or settings.ETH_RPC_URL,
         "escrow": dep.escrow,
         "token": dep.token,
-        "fee_bps": chain.escrow(w3).fee_bps(),
+        "fee_bps": fee_bps,
     }
+    rpc_url = public_rpc_url()
+    if rpc_url:
+        info["rpc_url"] = rpc_url
+    return info
 
 
 def job_escrow(*, job: Job) -> dict[str, Any]:
