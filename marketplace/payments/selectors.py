@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db.models import QuerySet
 from web3 import Web3
+from web3.exceptions import Web3Exception
 
 from contracts.deploy import DEFAULT_FEE_BPS
 from contracts.errors import ChainError
@@ -21,6 +23,8 @@ from marketplace.payments import chain
 from marketplace.payments.models import JobSettlement, Payout, PayoutState
 from marketplace.payments.services import escrow
 from marketplace.payments.services.payouts import funding_required
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def job_escrow(*, job: Job) -> dict[str, Any]:
         "max_payouts": terms.max_payouts,
         "max_payout": terms.max_payout,
         "deadline_min": escrow.escrow_deadline_min(job),
-        "funding": funding_required(job=job, fee_bps=_fee_bps()),
+        "funding": funding_required(job=job, fee_bps=escrow_fee().bps),
         "settlement": {
             "refused_step": settlement.refused_step,
             "refusals": settlement.refusals,
@@ -130,9 +134,20 @@ def job_escrow(*, job: Job) -> dict[str, Any]:
     }
 
 
-def _fee_bps() -> int:
+@dataclass(frozen=True)
+class EscrowFee:
+    bps: int
+    read: bool  # False: no escrow answered, and `bps` is the rate `chain deploy` gives a new escrow
+
+
+def escrow_fee() -> EscrowFee:
+    """The fee the escrow takes on each payout, as it answers now; the deployment default when no chain answers."""
     try:
         w3 = chain.web3()
-        return chain.escrow(w3).fee_bps()
-    except (chain.ChainNotConfigured, chain.ChainUnavailable, ChainError, FileNotFoundError, KeyError):
-        return DEFAULT_FEE_BPS
+        return EscrowFee(bps=chain.escrow(w3).fee_bps(), read=True)
+    except chain.ChainNotConfigured:
+        return EscrowFee(bps=DEFAULT_FEE_BPS, read=False)
+    # OSError and Web3Exception: the node went away mid-call, or no contract answers at the recorded address.
+    except (chain.ChainUnavailable, ChainError, OSError, Web3Exception) as exc:
+        logger.info("escrow fee unreadable (%s: %s): quoting the default rate", type(exc).__name__, exc)
+        return EscrowFee(bps=DEFAULT_FEE_BPS, read=False)

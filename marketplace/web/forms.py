@@ -14,6 +14,7 @@ from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from contracts.units import tokens_format, tokens_parse
 from marketplace.core.samples import PRODUCTS, catalog
 from marketplace.jobs.models import Job
+from marketplace.payments import selectors as payment_selectors
 from marketplace.payments.services import funding_for
 from marketplace.web import selectors
 
@@ -85,7 +86,7 @@ class JobForm(forms.Form):
             return "Fill in the form to see the quote."
         replication = int(self.cleaned_data.get("replication") or 1)
         base = self.price_base_units() * self.tasks() * replication
-        fee = selectors.escrow_fee()
+        fee = payment_selectors.escrow_fee()
         total = funding_for(
             price_per_replica=self.price_base_units(), replicas=self.tasks() * replication, fee_bps=fee.bps
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -12,11 +11,8 @@ from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from web3.exceptions import Web3Exception
 
 from contracts import devchain
-from contracts.deploy import DEFAULT_FEE_BPS
-from contracts.errors import ChainError
 from contracts.units import tokens_format
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.jobs import selectors as job_selectors
@@ -186,25 +182,6 @@ def job_refund(*, job: Job) -> dict[str, Any] | None:
         "closed": on_chain.closed,
         "poster": on_chain.poster,
     }
-
-
-@dataclass(frozen=True)
-class EscrowFee:
-    bps: int
-    read: bool  # False: no escrow answered, and `bps` is the rate `chain deploy` gives a new escrow
-
-
-def escrow_fee() -> EscrowFee:
-    """The fee the escrow takes on each payout, as it answers now; the deployment default when no chain answers."""
-    try:
-        w3 = chain.web3()
-        return EscrowFee(bps=chain.escrow(w3).fee_bps(), read=True)
-    except chain.ChainNotConfigured:
-        return EscrowFee(bps=DEFAULT_FEE_BPS, read=False)
-    # OSError and Web3Exception: the node went away mid-call, or no contract answers at the recorded address.
-    except (chain.ChainUnavailable, ChainError, OSError, Web3Exception) as exc:
-        logger.info("escrow fee unreadable (%s: %s): quoting the default rate", type(exc).__name__, exc)
-        return EscrowFee(bps=DEFAULT_FEE_BPS, read=False)
 
 
 def render_seconds_per_work(*, limit: int = 30) -> list[float]:

@@ -5,14 +5,12 @@ job's escrow closed. Each shows the harm does not happen and that the honest pat
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -73,17 +71,6 @@ def _rigs(n: int, tag: str = "", *, slots: int = 1) -> list[Rig]:
     return rigs
 
 
-def _upload(rig: Rig, assignment_id: str, checksum: str) -> Any:
-    data = json.dumps({"checksum": checksum}).encode()
-    sha256 = hashlib.sha256(data).hexdigest()
-    body = {
-        "artifact": SimpleUploadedFile("result.json", data),
-        "sha256": sha256,
-        "signature": rig.wallet.sign_result(assignment_id, sha256),
-    }
-    return rig.client.post(f"/api/assignments/{assignment_id}/result/", body, format="multipart")
-
-
 def _lease_all(rigs: list[Rig]) -> dict[str, str]:
     """Schedule, and return {assignment id: node id} for what each rig was leased."""
     dispatch.schedule()
@@ -104,7 +91,7 @@ def _run_job(w3: Web3, dep: Deployment, *, replication: int, who: int = 1) -> tu
     for assignment_id, node_id in _lease_all(rigs).items():
         rig = _rig_of(node_id)
         assert rig.client.post(f"/api/assignments/{assignment_id}/start/").status_code == 200
-        assert _upload(rig, assignment_id, honest_checksum(task)).status_code == 201
+        assert rig.upload(assignment_id, honest_checksum(task)).status_code == 201
     verification.task_verify(task_id=task.id)
     verification.job_complete_if_done(job_id=job.id)
     return Job.objects.get(id=job.id), rigs
@@ -270,7 +257,7 @@ def test_a_poster_cannot_download_unverified_work_and_cancelling_still_pays_what
         if assignment.task.index == 1 and rig is rigs[1]:
             continue
         assert rig.client.post(f"/api/assignments/{assignment_id}/start/").status_code == 200
-        assert _upload(rig, assignment_id, honest_checksum(assignment.task)).status_code == 201
+        assert rig.upload(assignment_id, honest_checksum(assignment.task)).status_code == 201
     poster = APIClient()
     poster.force_authenticate(job.poster)
     results = poster.get(f"/api/jobs/{job.id}/results/").json()["results"]
@@ -315,11 +302,11 @@ def test_a_surplus_replica_is_stopped_when_its_task_completes_and_its_late_resul
         rig = _rig_of(leased[assignment_id])
         assert rig.client.post(f"/api/assignments/{assignment_id}/start/").status_code == 200
     for assignment_id in ids[:2]:  # the quorum of 2 agrees while the third still runs
-        assert _upload(_rig_of(leased[assignment_id]), assignment_id, honest_checksum(task)).status_code == 201
+        assert _rig_of(leased[assignment_id]).upload(assignment_id, honest_checksum(task)).status_code == 201
     assert verification.task_verify(task_id=task.id) == TaskState.COMPLETED
     straggler = Assignment.objects.get(id=ids[2])
     assert straggler.state == AssignmentState.CANCELLED
-    late = _upload(_rig_of(leased[ids[2]]), ids[2], honest_checksum(task))
+    late = _rig_of(leased[ids[2]]).upload(ids[2], honest_checksum(task))
     assert late.status_code == 409
     assert "not paid" in late.json()["message"] or "cancelled" in late.json()["message"]
     assert not Result.objects.filter(assignment_id=ids[2]).exists()
