@@ -48,6 +48,8 @@ LOCAL_CHAIN_IDS = frozenset({ANVIL_CHAIN_ID})
 # Anvil's well-known development mnemonic; its keys are public, so use them on local chains only.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 DEV_ACCOUNTS = 10
+# Seconds between Anvil's state dumps (--state-interval), besides the one on exit.
+STATE_INTERVAL = 1
 # States Anvil keeps in memory (--prune-history N): enough that "latest" never names a state already dropped.
 PRUNED_STATES = 64
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +212,9 @@ def start(
                 argv = [*program, "--host", "127.0.0.1", "--port", str(chosen), "--prune-history", str(PRUNED_STATES)]
                 argv += ["--chain-id", str(chain_id), "--accounts", str(DEV_ACCOUNTS), "--quiet"]
                 if state_file is not None:
-                    argv += ["--state", str(state_file)]
+                    # Dumped every STATE_INTERVAL s as well as on exit: a chain killed with SIGKILL (or a crashed
+                    # machine) comes back with at most that much of its history lost, not all of it.
+                    argv += ["--state", str(state_file), "--state-interval", str(STATE_INTERVAL)]
             else:
                 argv = [*program, "node", "--hostname", "127.0.0.1", "--port", str(chosen)]
                 argv += ["--config", str(_REPO_ROOT / "hardhat.config.js")]

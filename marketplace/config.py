@@ -68,6 +68,11 @@ class Config:
     trusted_proxies: tuple[str, ...] = ()
     train_quorum: float = 2 / 3
     train_replay_share: float = 0.25
+    # Settlement: a transaction with no receipt after tx_bump_seconds is re-sent with higher fees, at most
+    # tx_max_bumps times; chain logs are read at most log_block_range blocks per eth_getLogs call.
+    tx_bump_seconds: int = 60
+    tx_max_bumps: int = 4
+    log_block_range: int = 2000
     problems: tuple[str, ...] = field(default=())
 
 
@@ -305,6 +310,9 @@ def load(env: Mapping[str, str], base_dir: Path) -> Config:
         replication_p=_probability(env, "HASHWORK_REPLICATION_P", 0.1, problems),
         train_quorum=_probability(env, "HASHWORK_TRAIN_QUORUM", 2 / 3, problems),
         train_replay_share=_probability(env, "HASHWORK_TRAIN_REPLAY_SHARE", 0.25, problems),
+        tx_bump_seconds=_int(env, "HASHWORK_TX_BUMP_SECONDS", 60, problems),
+        tx_max_bumps=_int(env, "HASHWORK_TX_MAX_BUMPS", 4, problems, minimum=0),
+        log_block_range=_int(env, "HASHWORK_LOG_BLOCK_RANGE", 2000, problems),
     )
     if problems:
         raise ConfigError(problems)

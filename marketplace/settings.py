@@ -126,6 +126,19 @@ if CONFIG.s3 is not None:
         },
     }
 
+# Request bodies. Form fields (multipart included) and Django's request.body: at most 1 MiB; files: streamed under
+# each endpoint's own cap by marketplace.core.uploads (the first handler), in memory up to 2.5 MiB, on disk beyond.
+# No endpoint takes more than one file or a few dozen fields; the admin's bulk actions post one field per row.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2**20
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 500
+DATA_UPLOAD_MAX_NUMBER_FILES = 4
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_HANDLERS = [
+    "marketplace.core.uploads.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes an anonymous request a 401, not a 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -133,6 +146,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON and form bodies are read up to HASHWORK["JSON_MAX_BYTES"]; multipart bodies stream under upload caps.
+    "DEFAULT_PARSER_CLASSES": [
+        "marketplace.api.parsers.CappedJSONParser",
+        "marketplace.api.parsers.CappedFormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "marketplace.api.pagination.Pagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "marketplace.api.errors.exception_handler",
@@ -185,6 +204,12 @@ CHAIN_DEPLOYMENTS_FILE = CHAIN_DIR / "deployments.json"
 # it defaults to the dev account that deployed the contracts. Only the settlement worker uses it.
 OPERATOR_KEY = CONFIG.operator_key
 CHAIN_CONFIRMATIONS = CONFIG.chain_confirmations
+# The settlement worker's transactions: re-sent with fees raised 12.5 % (EIP-1559 replacement) when one has no
+# receipt after TX_BUMP_SECONDS, at most TX_MAX_BUMPS times. Chain logs are read LOG_BLOCK_RANGE blocks at a time
+# (providers cap eth_getLogs ranges, often at 2 000 or 10 000 blocks; a refused range is halved).
+TX_BUMP_SECONDS = CONFIG.tx_bump_seconds
+TX_MAX_BUMPS = CONFIG.tx_max_bumps
+LOG_BLOCK_RANGE = CONFIG.log_block_range
 
 HASHWORK = {
     "NODE_ONLINE_SECONDS": CONFIG.node_online_seconds,
@@ -197,6 +222,10 @@ HASHWORK = {
     "LEASE_SECONDS": CONFIG.lease_seconds,
     "START_WINDOW_SECONDS": CONFIG.start_window_seconds,
     "ARTIFACT_LIMITS": CONFIG.artifact_limits,
+    # Request bodies: a JSON or form body (marketplace.api.parsers), and the files of a request to an endpoint
+    # that sets no cap of its own (marketplace.core.uploads; result and asset uploads have their kind's caps).
+    "JSON_MAX_BYTES": 2**20,
+    "UPLOAD_DEFAULT_MAX_BYTES": 2**20,
     # Leasing: failures (expired, failed) that block a node from a job.
     "JOB_NODE_MAX_FAILURES": 2,
     # Lost or failed attempts count once per operator: a task fails once nodes of this many distinct operators

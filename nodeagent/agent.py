@@ -1,5 +1,7 @@
-"""`nodeagent run`: the daemon. Heartbeats (capabilities, free slots, running assignments) in this process,
-the Celery worker in a child; SIGTERM/SIGINT hand running work back so it is re-leased at once."""
+"""`nodeagent run`: the daemon. Heartbeats (capabilities, free slots, running assignments, the worker's broker
+connection) in this process, the Celery worker in a child; SIGTERM/SIGINT hand running work back so it is re-leased
+at once. A heartbeat saying the worker cannot reach the broker makes the marketplace lease nothing to this node and
+make its broker user again (a Redis restart loses it); the worker then logs in again with the same credentials."""
 
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nodeagent import probe, progress
+from nodeagent.broker import STARTING, broker_health, broker_health_path
 from nodeagent.client import ApiError, MarketplaceClient
 from nodeagent.config import AgentConfig
 from nodeagent.retry import TransientError
 from nodeagent.worker import paused, running_dir
-from protocol import Heartbeat, Progress, ProtocolError
+from protocol import BrokerHealth, Heartbeat, Progress, ProtocolError
 
 logger = logging.getLogger("nodeagent")
 
@@ -42,6 +45,7 @@ class Agent:
         if cfg.max_gpus is not None:
             self.capabilities["max_gpus"] = cfg.max_gpus
         self._hot = False
+        self._broker: BrokerHealth | None = None
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -78,6 +82,20 @@ class Agent:
             return not hot
         return True
 
+    def broker(self) -> BrokerHealth:
+        """The worker's broker connection, as it last recorded it; said once each time it changes."""
+        health = broker_health(self.cfg)
+        was, self._broker = self._broker, health
+        if was is not None and was.ok != health.ok:
+            self.say(
+                "The worker is consuming its queue again"
+                if health.ok
+                else f"The worker lost the broker ({health.error}); the marketplace leases this node nothing meanwhile"
+            )
+        elif not health.ok and health.error != STARTING and (was is None or was.error != health.error):
+            logger.warning("the worker cannot reach the broker: %s", health.error)
+        return health
+
     def heartbeat(self) -> None:
         running = self.running()
         beat = Heartbeat(
@@ -91,6 +109,7 @@ class Agent:
                 for assignment_id, item in running.items()
                 if item.workdir is not None and (done := progress.read(item.workdir)) is not None
             },
+            broker=self.broker(),
         )
         reply = self.client.heartbeat(beat)
         if reply.withdraw:
@@ -130,6 +149,8 @@ class Agent:
             directory.mkdir(parents=True, exist_ok=True)
         for stale in running_dir(cfg).glob("*"):
             stale.unlink(missing_ok=True)
+        # A previous run's record says nothing of the worker about to start.
+        broker_health_path(cfg).unlink(missing_ok=True)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.say(f"Node {cfg.node_name} ({cfg.node_id}) for {cfg.marketplace_url}")

@@ -1,5 +1,6 @@
 """The agent's Celery worker: consumes only this node's queue, inside its own key prefix, and runs each
-assignment in a child process. Started by `nodeagent run` as `python -m nodeagent.worker CONFIG`."""
+assignment in a child process. Started by `nodeagent run` as `python -m nodeagent.worker CONFIG`. Its broker
+connection (reconnecting, probing, reporting to the agent) is nodeagent.broker's."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from nodeagent import child
+from nodeagent import broker, child
 from nodeagent import config as agent_config
 from nodeagent.client import ApiError, Conflict, MarketplaceClient
 from nodeagent.retry import TransientError
@@ -63,7 +64,13 @@ def make_app(cfg: agent_config.AgentConfig) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
+        worker_consumer=broker.NodeConsumer,
+        # Never give up: the agent reports the outage, and the marketplace leases nothing meanwhile.
+        broker_connection_max_retries=None,
+        # A running assignment needs no broker (the lease, kept by heartbeats, decides): it goes on.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
+    app.steps["consumer"].add(broker.BrokerConsuming)
     app.task(name=TASK_NAME, acks_late=True)(run_assignment)
     return app
 
@@ -195,6 +202,7 @@ def main(argv: list[str]) -> None:
     path = Path(argv[0])
     slots = int(argv[1]) if len(argv) > 1 else None
     _config = agent_config.load(path).with_limits(slots=slots)
+    broker.configure(_config)
     (_config.state / "work").mkdir(parents=True, exist_ok=True)
     running_dir(_config).mkdir(parents=True, exist_ok=True)
     app = make_app(_config)

@@ -11,7 +11,7 @@ from protocol.assignment import (
     TrainPayload,
 )
 from protocol.base import PROTOCOL, UPGRADE, Message, ProtocolError
-from protocol.heartbeat import Heartbeat, HeartbeatReply, Progress
+from protocol.heartbeat import BrokerHealth, Heartbeat, HeartbeatReply, Progress
 from protocol.signing import result_message
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "UPGRADE",
     "AssignmentMessage",
     "BenchmarkPayload",
+    "BrokerHealth",
     "Heartbeat",
     "HeartbeatReply",
     "InputFile",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictBool, StringConstraints
 
 from protocol.base import PROTOCOL, Message
+
+BROKER_ERROR_MAX = 500
 
 
 class Progress(Message):
@@ -16,6 +18,16 @@ class Progress(Message):
 
     done: int
     total: int
+
+
+class BrokerHealth(Message):
+    """Whether the agent's Celery worker is connected to the broker and consuming its queue; if not, the last
+    connection error (WRONGPASS after a Redis restart lost the node's user, connection refused while it is down)."""
+
+    what: ClassVar[str] = "broker health"
+
+    ok: StrictBool
+    error: Annotated[str, StringConstraints(max_length=BROKER_ERROR_MAX)] = ""
 
 
 class Heartbeat(Message):
@@ -31,6 +43,8 @@ class Heartbeat(Message):
     load: float | None = None
     running: list[str] = Field(default_factory=list)
     progress: dict[str, Progress] = Field(default_factory=dict)
+    # None from agents older than the report: the marketplace takes their worker as consuming, as it did before.
+    broker: BrokerHealth | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The request body; fields left unset (None) are left out, as the API takes them as optional, not null."""

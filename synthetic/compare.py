@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from synthetic import chunk
+from synthetic import chunk, schema
 from synthetic.labels import bbox_from_mask, decode_rle
 from synthetic.normals import angle_deg, decode_normals
+from synthetic.schema import clip, short
 
 # RGB rule, from measurements on this project's scenes (docs/synthetic.md, "Verification"; 128², 4 images each):
 # honest CPU replicas in separate processes are pixel-identical (PSNR = inf); a render with ¼ of the samples
@@ -30,6 +31,7 @@ RGB_MIN_PSNR_DB = 50.0
 # by ~90° on a few edge pixels.
 NORMALS_MAX_ANGLE_DEG = 0.05
 LABEL_PASSES = ("instance", "category", "depth", "normals")
+_SINGLE_CHANNEL = ("instance", "category", "depth")
 _MAX_REASONS = 50
 
 
@@ -72,46 +74,52 @@ class _Chunk:
 
 
 def _load(root: Path, reasons: list[str], label: str) -> _Chunk | None:
+    """The chunk at `root` once its manifest and COCO file pass the schema (synthetic.schema); otherwise None, with
+    the reason. Everything here is node-supplied: nothing may raise."""
     try:
         manifest = chunk.read_json(root / chunk.MANIFEST)
         coco = chunk.read_json(root / chunk.ANNOTATIONS)
     except (OSError, ValueError) as exc:
-        reasons.append(f"{label}: unreadable chunk ({type(exc).__name__}: {exc})")
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != chunk.CHUNK_FORMAT:
-        reasons.append(f"{label}: {chunk.MANIFEST} is not a {chunk.CHUNK_FORMAT} manifest")
+        reasons.append(f"{label}: unreadable chunk ({type(exc).__name__}: {clip(str(exc))})")
         return None
     try:
-        by_index = {int(img["index"]): img for img in coco["images"]}
-        id_to_index = {int(img["id"]): int(img["index"]) for img in coco["images"]}
-        anns: dict[int, list[dict[str, Any]]] = {index: [] for index in by_index}
-        for ann in coco["annotations"]:
-            anns[id_to_index[int(ann["image_id"])]].append(ann)
-        categories = {int(c["id"]) for c in coco["categories"]}
-    except (KeyError, TypeError, ValueError) as exc:
-        reasons.append(f"{label}: {chunk.ANNOTATIONS} breaks the COCO schema ({type(exc).__name__}: {exc})")
+        schema.check_manifest(manifest)
+    except schema.SchemaError as exc:
+        reasons.append(f"{label}: {exc}")
         return None
-    expected = list(range(int(manifest["start"]), int(manifest["start"]) + int(manifest["count"])))
-    if sorted(by_index) != expected:
-        missing = sorted(set(expected) - set(by_index))
-        extra = sorted(set(by_index) - set(expected))
-        reasons.append(f"{label}: image list wrong (missing {missing}, unexpected {extra})")
-    for index, items in anns.items():
-        if any(int(a["category_id"]) not in categories for a in items):
+    try:
+        checked = schema.check_coco(coco)
+    except schema.SchemaError as exc:
+        reasons.append(f"{label}: {chunk.ANNOTATIONS} breaks the COCO schema ({exc})")
+        return None
+    expected = range(manifest["start"], manifest["start"] + manifest["count"])
+    if sorted(checked.by_index) != list(expected):
+        missing = [i for i in expected if i not in checked.by_index]
+        extra = sorted(set(checked.by_index) - set(expected))
+        reasons.append(f"{label}: image list wrong (missing {short(missing)}, unexpected {short(extra)})")
+    for index, items in checked.anns.items():
+        if any(a["category_id"] not in checked.categories for a in items):
             reasons.append(f"{label}: image {index}: annotation with an unknown category_id")
-    return _Chunk(root, manifest, coco, by_index, anns)
+    return _Chunk(root, manifest, coco, checked.by_index, checked.anns)
 
 
 def _read(ch: _Chunk, pass_name: str, index: int, reasons: list[str], label: str) -> NDArray[Any] | None:
+    width, height = ch.manifest["resolution"]
     path = chunk.pass_path(ch.root, pass_name, index)
     try:
-        pixels = chunk.read_png(path)
+        # The manifest's resolution bounds every image before it is inflated (a header may claim any size).
+        pixels = chunk.read_png(path, shape=(height, width))
     except (OSError, ValueError) as exc:
-        reasons.append(f"{label}: image {index}: {pass_name} pass missing or unreadable ({type(exc).__name__})")
+        reasons.append(
+            f"{label}: image {index}: {pass_name} pass missing or unreadable ({type(exc).__name__}: "
+            f"{clip(str(exc), 120)})"
+        )
         return None
-    width, height = ch.manifest["resolution"]
     if pass_name == "normals" and (pixels.dtype != np.uint16 or pixels.ndim != 3):  # noqa: S105 - a pass name
         reasons.append(f"{label}: image {index}: normals pass is not a 16-bit RGB PNG")
+        return None
+    if pass_name in _SINGLE_CHANNEL and (pixels.dtype != np.uint16 or pixels.ndim != 2):
+        reasons.append(f"{label}: image {index}: {pass_name} pass is not a 16-bit single-channel PNG")
         return None
     if pixels.shape[:2] != (height, width):
         reasons.append(
@@ -124,23 +132,32 @@ def _read(ch: _Chunk, pass_name: str, index: int, reasons: list[str], label: str
 def _self_consistent(ch: _Chunk, index: int, ids: NDArray[Any], reasons: list[str], label: str) -> None:
     """Each annotation must be exactly what its instance mask says: box, area, RLE; one per visible instance."""
     present = {int(v) for v in np.unique(ids) if v}
-    annotated = [int(a.get("instance_id", -1)) for a in ch.anns.get(index, [])]
+    items = ch.anns.get(index, [])
+    annotated = [a["instance_id"] for a in items]
     if sorted(annotated) != sorted(present):
         reasons.append(
-            f"{label}: image {index}: annotations cover instances {sorted(annotated)}, mask has {sorted(present)}"
+            f"{label}: image {index}: annotations cover instances {short(sorted(annotated))}, "
+            f"mask has {short(sorted(present))}"
         )
-    for ann in ch.anns.get(index, []):
-        instance = int(ann.get("instance_id", -1))
+    width, height = ch.manifest["resolution"]
+    checked: set[int] = set()
+    for ann in items:
+        instance = ann["instance_id"]
+        # One check per visible instance: duplicates and strangers are the reason above, and never cost a mask each.
+        if instance not in present or instance in checked:
+            continue
+        checked.add(instance)
         mask = ids == instance
-        where = f"{label}: image {index}: annotation {ann.get('id')} (instance {instance})"
+        where = f"{label}: image {index}: annotation {short(ann.get('id'))} (instance {instance})"
         if ann.get("bbox") != bbox_from_mask(mask):
-            reasons.append(f"{where}: bbox {ann.get('bbox')} ≠ mask box {bbox_from_mask(mask)}")
+            reasons.append(f"{where}: bbox {short(ann.get('bbox'))} ≠ mask box {bbox_from_mask(mask)}")
         if ann.get("area") != int(mask.sum()):
-            reasons.append(f"{where}: area {ann.get('area')} ≠ mask pixels {int(mask.sum())}")
+            reasons.append(f"{where}: area {short(ann.get('area'))} ≠ mask pixels {int(mask.sum())}")
         try:
-            rle_ok = np.array_equal(decode_rle(ann["segmentation"]), mask)
-        except (KeyError, TypeError, ValueError):
-            rle_ok = False
+            rle_ok = np.array_equal(decode_rle(ann.get("segmentation"), (height, width)), mask)
+        except ValueError as exc:
+            reasons.append(f"{where}: segmentation is not a valid RLE of the image ({exc})")
+            continue
         if not rle_ok:
             reasons.append(f"{where}: segmentation RLE does not decode to the instance mask")
 
@@ -163,11 +180,13 @@ def _normals_differ(a: NDArray[Any], b: NDArray[Any]) -> str | None:
 
 
 def _strip_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # instance_id is a checked int (schema.check_coco).
     return sorted(({k: v for k, v in a.items() if k != "id"} for a in items), key=lambda a: int(a["instance_id"]))
 
 
-def _compare_labels(a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str]) -> dict[int, NDArray[Any]]:
-    passes = [p for p in LABEL_PASSES if p in a.manifest["passes"]]
+def _compare_labels(
+    a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str], passes: list[str]
+) -> dict[int, NDArray[Any]]:
     ids_a: dict[int, NDArray[Any]] = {}
     for index in indices:
         if index not in a.by_index or index not in b.by_index:
@@ -212,13 +231,13 @@ def compare(dir_a: str | Path, dir_b: str | Path) -> Verdict:
         return Verdict(False, reasons)
     for key in ("spec_digest", "start", "count", "resolution", "passes"):
         if a.manifest.get(key) != b.manifest.get(key):
-            reasons.append(f"manifest {key} differs: {a.manifest.get(key)!r} vs {b.manifest.get(key)!r}")
+            reasons.append(f"manifest {key} differs: {short(a.manifest.get(key))} vs {short(b.manifest.get(key))}")
     if reasons:
         return Verdict(False, reasons)
     if a.coco["categories"] != b.coco["categories"]:
         reasons.append("COCO categories differ")
     indices = sorted(set(a.by_index) | set(b.by_index))
-    _compare_labels(a, b, indices, reasons)
+    _compare_labels(a, b, indices, reasons, [p for p in LABEL_PASSES if p in a.manifest["passes"]])
     scores = _compare_rgb(a, b, indices, reasons) if "rgb" in a.manifest["passes"] else {}
     return Verdict(not reasons, _cap(reasons), scores)
 
@@ -249,7 +268,15 @@ def compare_labels(reference: Path, rerender: Path, indices: list[int], *, rgb: 
         return Verdict(False, reasons)
     if a.manifest.get("spec_digest") != b.manifest.get("spec_digest"):
         reasons.append("chunk was rendered from a different spec")
-    _compare_labels(a, b, indices, reasons)
+    if a.manifest["resolution"] != b.manifest["resolution"]:
+        reasons.append(f"chunk: resolution {a.manifest['resolution']}, the spec's is {b.manifest['resolution']}")
+        return Verdict(False, reasons)
+    # The re-render's passes are the spec's: the chunk is checked on every one of them, whatever its manifest says.
+    passes = [p for p in LABEL_PASSES if p in b.manifest["passes"]]
+    unlisted = [p for p in passes if p not in a.manifest["passes"]]
+    if unlisted:
+        reasons.append(f"chunk: its manifest lists no {', '.join(unlisted)} pass, the spec asks for it")
+    _compare_labels(a, b, indices, reasons, passes)
     scores: dict[int, float] = {}
     # The re-render's passes are the spec's: a spec without RGB has none to check.
     if rgb and "rgb" in b.manifest["passes"]:

@@ -9,6 +9,8 @@ from numpy.typing import NDArray
 from pycocotools import mask as mask_utils  # type: ignore[import-untyped]
 
 DEPTH_MAX_MM = 65535
+# The largest side an RLE may declare (the spec's resolution bound).
+MAX_RLE_SIDE = 8192
 
 
 def id_colour(instance_id: int) -> tuple[float, float, float]:
@@ -51,9 +53,57 @@ def encode_rle(mask: NDArray[Any]) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def decode_rle(rle: dict[str, Any]) -> NDArray[Any]:
-    """The boolean mask of a JSON RLE as written by `encode_rle`."""
-    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+def _rle_runs(counts: str) -> list[int]:
+    """The run lengths of a COCO compressed RLE string (pycocotools' rleFrString: 5-bit groups from '0', a
+    continuation bit, sign extension, then deltas from the run two places back); ValueError where it is malformed."""
+    runs: list[int] = []
+    value = shift = 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code < 64 or shift > 30:
+            raise ValueError("segmentation counts are not a COCO compressed RLE string")
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:
+            continue
+        if code & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+        value = shift = 0
+    if shift:
+        raise ValueError("segmentation counts end in the middle of a run")
+    return runs
+
+
+def decode_rle(rle: Any, shape: tuple[int, int] | None = None) -> NDArray[Any]:
+    """The boolean mask of a JSON RLE as written by `encode_rle`; ValueError for anything else.
+
+    An RLE declares its own size, so a few bytes could ask for a mask of gigabytes: the size must be two ints up to
+    MAX_RLE_SIDE (and equal `shape`, (height, width), when given) and the runs must be non-negative and cover
+    exactly height × width pixels, all checked before anything of that size is allocated.
+    """
+    if not isinstance(rle, dict):
+        raise ValueError(f"segmentation must be an RLE object, got {type(rle).__name__}")
+    size, counts = rle.get("size"), rle.get("counts")
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(type(side) is int and 0 <= side <= MAX_RLE_SIDE for side in size)
+    ):
+        raise ValueError(f"segmentation size {str(size)[:40]} is not [height, width] within 0..{MAX_RLE_SIDE}")
+    if shape is not None and tuple(size) != tuple(shape):
+        raise ValueError(f"segmentation size {size} is not the image's {list(shape)}")
+    if not isinstance(counts, str) or not counts.isascii():
+        raise ValueError("segmentation counts must be an ASCII string (COCO compressed RLE)")
+    height, width = size
+    if len(counts) > height * width + 1:
+        raise ValueError("segmentation counts are longer than the mask has pixels")
+    runs = _rle_runs(counts)
+    if any(run < 0 for run in runs) or sum(runs) != height * width:
+        raise ValueError(f"segmentation runs do not cover the {height}×{width} mask exactly")
+    decoded = mask_utils.decode({"size": size, "counts": counts.encode("ascii")})
     return np.asarray(decoded, dtype=bool)
 
 

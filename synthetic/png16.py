@@ -11,6 +11,8 @@ from numpy.typing import NDArray
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BYTES_PER_PIXEL = 6  # three big-endian 16-bit samples
+# The most pixels decoded without an expected shape: the spec's largest resolution, 8192².
+MAX_PIXELS = 8192 * 8192
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -64,8 +66,12 @@ def _unfilter_slow(row_filter: int, line: bytes, prev: bytes) -> bytes:
     return bytes(out)
 
 
-def decode(data: bytes) -> NDArray[Any]:
-    """uint16 H×W×3 pixels of a non-interlaced 16-bit RGB PNG (any filter); ValueError for anything else."""
+def decode(data: bytes, *, shape: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS) -> NDArray[Any]:
+    """uint16 H×W×3 pixels of a non-interlaced 16-bit RGB PNG (any filter); ValueError for anything else.
+
+    The header's width and height are untrusted: with `shape` ((height, width), the size the caller expects) they
+    must equal it, and without, stay within `max_pixels`; both are checked before any image data is inflated.
+    """
     if data[:8] != SIGNATURE:
         raise ValueError("not a PNG file")
     pos = 8
@@ -84,6 +90,8 @@ def decode(data: bytes) -> NDArray[Any]:
             raise ValueError(f"PNG chunk {kind!r} fails its CRC")
         pos += 12 + length
         if kind == b"IHDR":
+            if header is not None or length != 13:
+                raise ValueError("PNG has a malformed or second IHDR chunk")
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
             idat += body
@@ -94,11 +102,18 @@ def decode(data: bytes) -> NDArray[Any]:
     width, height, depth, colour, compression, filtering, interlace = header
     if (depth, colour, compression, filtering, interlace) != (16, 2, 0, 0, 0):
         raise ValueError(f"not a non-interlaced 16-bit RGB PNG (bit depth {depth}, colour type {colour})")
+    if shape is not None and (height, width) != tuple(shape):
+        raise ValueError(f"PNG is {width}×{height}, expected {shape[1]}×{shape[0]}")
+    if width * height > max_pixels:
+        raise ValueError(f"PNG declares {width}×{height} pixels, more than {max_pixels}")
     stride = width * _BYTES_PER_PIXEL
     expected = height * (stride + 1)
     inflater = zlib.decompressobj()
     # Bounded: a hostile file cannot inflate past the size its header promises.
-    raw = inflater.decompress(bytes(idat), expected + 1)
+    try:
+        raw = inflater.decompress(bytes(idat), expected + 1)
+    except zlib.error as exc:
+        raise ValueError(f"PNG image data does not inflate ({exc})") from None
     if len(raw) != expected:
         raise ValueError(f"PNG image data is {len(raw)} bytes, expected {expected}")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from training.wire import Reader
 
 COMPRESSIONS = ("none", "fp16", "int8", "topk", "powersgd")
 MAGIC = b"HWUP"
@@ -239,37 +242,12 @@ class _Layer:
     record_bytes: int
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.view = memoryview(data)
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> memoryview:
-        if n < 0 or self.pos + n > len(self.view):
-            raise ValueError(f"truncated payload: {what} needs {n} bytes at offset {self.pos}, {self.remaining} left")
-        out = self.view[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str, what: str) -> tuple[Any, ...]:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
-
-    def peek(self, fmt: str, what: str) -> tuple[Any, ...]:
-        start = self.pos
-        try:
-            return self.unpack(fmt, what)
-        finally:
-            self.pos = start
-
-    @property
-    def remaining(self) -> int:
-        return len(self.view) - self.pos
-
-
-def _parse(payload: bytes, max_elements: int) -> tuple[str, list[_Layer]]:
+def _parse(
+    payload: bytes, max_elements: int, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[str, list[_Layer]]:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise ValueError(f"payload must be bytes, got {type(payload).__name__}")
-    r = _Reader(bytes(payload))
+    r = Reader(bytes(payload))
     if r.remaining < HEADER_BYTES or bytes(r.take(4, "magic")) != MAGIC:
         raise ValueError("not a Hashwork update payload (bad magic)")
     version, method_id, count = r.unpack("<BBI", "header")
@@ -301,6 +279,13 @@ def _parse(payload: bytes, max_elements: int) -> tuple[str, list[_Layer]]:
         if ndim > MAX_NDIM:
             raise ValueError(f"layer {name}: {ndim} dimensions > {MAX_NDIM}")
         shape = tuple(int(d) for d in r.unpack(f"<{ndim}I", f"layer {name} dims"))
+        if shapes is not None:
+            # Before anything of the declared size exists: a layer the model does not have, or of another shape,
+            # is refused here (a top-k layer of k = 1 could otherwise declare 256 M elements and have them zeroed).
+            if name not in shapes:
+                raise ValueError(f"layer {name!r} is not a layer of the model")
+            if shape != tuple(shapes[name]):
+                raise ValueError(f"layer {name}: shape {shape}, the model has {tuple(shapes[name])}")
         numel = math.prod(shape)
         elements += numel
         if elements > max_elements:
@@ -328,6 +313,9 @@ def _parse(payload: bytes, max_elements: int) -> tuple[str, list[_Layer]]:
         layers.append(_Layer(name, shape, DTYPES[dtype_id], encoding, body, r.pos - start))
     if r.remaining:
         raise ValueError(f"{r.remaining} unexpected bytes after the last layer")
+    if shapes is not None and len(seen) != len(shapes):
+        missing = sorted(set(shapes) - seen)
+        raise ValueError(f"layers differ from the model: missing {missing[:5]}")
     return method, layers
 
 
@@ -365,12 +353,19 @@ def _decode(layer: _Layer) -> Tensor:
     return flat.reshape(layer.shape).to(layer.dtype)
 
 
-def decompress(payload: bytes, *, max_elements: int = MAX_ELEMENTS) -> dict[str, Tensor]:
+def decompress(
+    payload: bytes, *, max_elements: int | None = None, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, Tensor]:
     """The update a payload carries (ValueError naming the problem for a malformed, truncated or hostile payload).
 
-    Values are not judged here: a NaN travels through and `verify.check_update` rejects it with its reason.
+    With `shapes` (the receiving model's layers: name → shape, e.g. `verify.update_shapes(state)`), every layer
+    must be one of them with its shape, and all must be there, checked from the headers before anything is
+    allocated; `max_elements` (default: the model's element count with shapes, MAX_ELEMENTS without) bounds
+    the total declared. Values are not judged here: a NaN travels through and `verify.check_update` rejects it.
     """
-    _, layers = _parse(payload, max_elements)
+    if max_elements is None:
+        max_elements = sum(math.prod(shape) for shape in shapes.values()) if shapes is not None else MAX_ELEMENTS
+    _, layers = _parse(payload, max_elements, shapes)
     return {layer.name: _decode(layer) for layer in layers}
 
 

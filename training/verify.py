@@ -44,6 +44,7 @@ __all__ = [
     "round_verdict",
     "shard_progress",
     "update_norm",
+    "update_shapes",
 ]
 
 # Norm bound: reject an update whose norm exceeds this many times the median of the round's norms.
@@ -60,6 +61,12 @@ def update_norm(delta: dict[str, Tensor]) -> float:
     for t in delta.values():
         total += float(torch.sum(t.detach().to("cpu", torch.float64) ** 2))
     return math.sqrt(total)
+
+
+def update_shapes(reference_state: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """The layers an update of `reference_state` carries (its float tensors), name → shape: what
+    `compress.decompress(payload, shapes=…)` checks every layer header against before allocating."""
+    return {name: tuple(int(d) for d in reference_state[name].shape) for name in float_keys(reference_state)}
 
 
 def check_update(delta: dict[str, Tensor], reference_state: dict[str, Tensor]) -> str | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers, status
@@ -25,6 +27,9 @@ ERRORS = {
     401: OpenApiResponse(ErrorSerializer, description="Missing or wrong credentials."),
     404: OpenApiResponse(ErrorSerializer, description="No such object for this caller."),
     409: OpenApiResponse(ErrorSerializer, description="The object's state does not allow this."),
+    413: OpenApiResponse(
+        ErrorSerializer, description="The body is over this endpoint's size cap (the message names it)."
+    ),
 }
 
 
@@ -52,9 +57,30 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return fields
 
 
+def _form_limits(exc: Exception) -> Response | None:
+    """Django's own body limits in the API's shape: DATA_UPLOAD_MAX_MEMORY_SIZE (DRF reads JSON and form bodies
+    through request.body, which Django caps; multipart form fields count too), and the numbers of fields and files."""
+    if isinstance(exc, RequestDataTooBig):
+        cap = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        message = f"Request bodies (JSON, form fields) are at most {cap} bytes; this one is larger."
+        return Response(
+            {"message": message, "extra": {"max_bytes": cap}}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        cap = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return Response({"message": f"A request has at most {cap} fields.", "extra": {"max_fields": cap}}, status=400)
+    if isinstance(exc, TooManyFilesSent):
+        cap = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return Response({"message": f"A request has at most {cap} files.", "extra": {"max_files": cap}}, status=400)
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response({"message": exc.message, "extra": exc.extra}, status=exc.status)
+    limited = _form_limits(exc)
+    if limited is not None:
+        return limited
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, DjangoPermissionDenied):

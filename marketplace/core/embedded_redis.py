@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -24,6 +25,12 @@ from marketplace.core.ports import free_port
 
 STATE_FILE = "server.json"
 _START_ATTEMPTS = 3
+# The broker's memory bound (Redis's own units: 512mb, 2gb, 0 for none). Node users can fill their own prefix and
+# Redis ACLs cannot bound one user's memory, so the server's maxmemory bounds everyone's together; noeviction,
+# since a broker that evicts drops messages: a full Redis refuses writes instead.
+MAXMEMORY_VARIABLE = "HASHWORK_REDIS_MAXMEMORY"
+MAXMEMORY_DEFAULT = "512mb"
+_SIZE_RE = re.compile(r"^[0-9]+(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -120,6 +127,17 @@ def url_if_running(var_dir: Path) -> str | None:
     return state.url if state else None
 
 
+def maxmemory() -> str:
+    """HASHWORK_REDIS_MAXMEMORY, checked (EmbeddedRedisError naming the variable), or 512mb."""
+    value = os.environ.get(MAXMEMORY_VARIABLE, "").strip() or MAXMEMORY_DEFAULT
+    if not _SIZE_RE.match(value):
+        raise EmbeddedRedisError(
+            f"{MAXMEMORY_VARIABLE}={value!r} is not a memory size: use a whole number with b, kb, mb or gb "
+            f"(say {MAXMEMORY_DEFAULT}), or 0 for no limit."
+        )
+    return value.lower()
+
+
 def _write_config(directory: Path, port: int, password: str) -> Path:
     conf = directory / "valkey.conf"
     conf.write_text(
@@ -133,6 +151,8 @@ def _write_config(directory: Path, port: int, password: str) -> Path:
                 "dbfilename dump.rdb",
                 "save 300 100",
                 "appendonly no",
+                f"maxmemory {maxmemory()}",
+                "maxmemory-policy noeviction",
                 "daemonize no",
                 f"logfile {directory / 'valkey.log'}",
                 "",
@@ -150,6 +170,36 @@ def _log_tail(directory: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _serve(directory: Path, port: int, password: str, timeout: float) -> tuple[EmbeddedRedis | None, str]:
+    """Run the server on `port` from a fresh config in `directory`; the server once it answers (its state file
+    written), or None and why not."""
+    conf = _write_config(directory, port, password)
+    process = subprocess.Popen(
+        [str(binary_path()), str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return None, f"valkey-server exited with code {process.returncode}:\n{_log_tail(directory)}"
+        if ping(port, password, timeout=0.5):
+            state = EmbeddedRedis(pid=process.pid, port=port, password=password, directory=str(directory))
+            state_path = directory / STATE_FILE
+            tmp = state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(state)))
+            tmp.chmod(0o600)
+            tmp.replace(state_path)
+            return state, ""
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    return None, f"valkey-server did not answer within {timeout:.0f}s:\n{_log_tail(directory)}"
+
+
 def start(var_dir: Path, timeout: float = 15.0) -> tuple[EmbeddedRedis, bool]:
     """Start the embedded server of `var_dir`, or find the one already running.
 
@@ -161,43 +211,50 @@ def start(var_dir: Path, timeout: float = 15.0) -> tuple[EmbeddedRedis, bool]:
     directory = redis_dir(var_dir)
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    binary = binary_path()
+    maxmemory()  # a bad HASHWORK_REDIS_MAXMEMORY is named before anything starts
     last_error = ""
     for _ in range(_START_ATTEMPTS):
         # The port is free when probed but may be taken before the server binds it: retry on a new one.
-        port = free_port()
-        password = secrets.token_urlsafe(24)
-        conf = _write_config(directory, port, password)
-        process = subprocess.Popen(
-            [str(binary), str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                last_error = f"valkey-server exited with code {process.returncode}:\n{_log_tail(directory)}"
-                break
-            if ping(port, password, timeout=0.5):
-                state = EmbeddedRedis(pid=process.pid, port=port, password=password, directory=str(directory))
-                state_path = directory / STATE_FILE
-                tmp = state_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(asdict(state)))
-                tmp.chmod(0o600)
-                tmp.replace(state_path)
-                return state, True
-            time.sleep(0.05)
-        else:
-            process.kill()
-            process.wait()
-            last_error = f"valkey-server did not answer within {timeout:.0f}s:\n{_log_tail(directory)}"
+        state, last_error = _serve(directory, free_port(), secrets.token_urlsafe(24), timeout)
+        if state is not None:
+            return state, True
     raise EmbeddedRedisError(
         f"Could not start the embedded Redis in {directory}. {last_error}\n"
         "Set REDIS_URL to use a Redis server of your own instead."
     )
+
+
+def restart(var_dir: Path, timeout: float = 15.0) -> EmbeddedRedis:
+    """Restart the running server of `var_dir` as a service manager does: SHUTDOWN (which saves the dataset), then
+    the same port, password and data directory. The queues come back from the snapshot; ACL users do not (there
+    is no ACL file): the marketplace makes the node users again (marketplace.nodes.broker)."""
+    state = running(var_dir)
+    if state is None:
+        raise EmbeddedRedisError(f"No embedded Redis runs in {redis_dir(var_dir)} to restart.")
+    _shutdown(state, timeout)
+    again, error = _serve(Path(state.directory), state.port, state.password, timeout)
+    if again is None:
+        raise EmbeddedRedisError(f"The embedded Redis in {state.directory} did not come back on {state.port}. {error}")
+    return again
+
+
+def _shutdown(state: EmbeddedRedis, timeout: float) -> None:
+    # SHUTDOWN saves the dataset under var/redis/ first, so a later demo finds its queues again.
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", state.port), timeout=2) as sock,
+    ):
+        sock.sendall(_command("AUTH", state.password) + _command("SHUTDOWN"))
+        with contextlib.suppress(OSError):
+            sock.recv(64)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(state.pid) and time.monotonic() < deadline:
+        _reap(state.pid)
+        time.sleep(0.05)
+    if _pid_alive(state.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGKILL)
+        _reap(state.pid)
 
 
 def stop(var_dir: Path, timeout: float = 10.0) -> bool:
@@ -208,22 +265,7 @@ def stop(var_dir: Path, timeout: float = 10.0) -> bool:
         return False
     stopped = False
     if _pid_alive(state.pid) and ping(state.port, state.password):
-        # SHUTDOWN saves the dataset under var/redis/ first, so a later demo finds its queues again.
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", state.port), timeout=2) as sock,
-        ):
-            sock.sendall(_command("AUTH", state.password) + _command("SHUTDOWN"))
-            with contextlib.suppress(OSError):
-                sock.recv(64)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(state.pid) and time.monotonic() < deadline:
-            _reap(state.pid)
-            time.sleep(0.05)
-        if _pid_alive(state.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, signal.SIGKILL)
-            _reap(state.pid)
+        _shutdown(state, timeout)
         stopped = True
     with contextlib.suppress(FileNotFoundError):
         state_path.unlink()

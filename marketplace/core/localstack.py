@@ -21,7 +21,7 @@ from contracts.errors import ChainError, DevChainError
 from contracts.sender import Sender
 from marketplace.core import embedded_redis
 from marketplace.core.processes import Supervisor
-from marketplace.core.queues import MARKETPLACE_QUEUES, Queue
+from marketplace.core.queues import MARKETPLACE_QUEUES, REPLAY_QUEUES, Queue
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +54,7 @@ class Stopped:
 
 class LocalStack:
     """The processes of one local install: an embedded Redis, Anvil with the contracts, the web server, the
-    marketplace and settlement workers, beat and node agents, supervised with their logs in `var_dir`/logs/.
+    marketplace, replay and settlement workers, beat and node agents, supervised with their logs in `var_dir`/logs/.
 
     `env` is what every child gets on top of this process's environment; it stays one dict, so a caller may change
     it (say, ETH_RPC_URL or PYTHONPATH) before starting the next process."""
@@ -124,8 +124,8 @@ class LocalStack:
         return deploy(w3, Sender(w3, keys[0]), treasury, DEFAULT_FEE_BPS, deployments_file=self.deployments_file)
 
     def start_services(self, *, port: int, web_workers: int, settlement: bool = True) -> str:
-        """The web server on 127.0.0.1:`port`, a marketplace worker, the settlement worker and beat, in that order
-        (so they stop the other way round); returns the web server's base URL."""
+        """The web server on 127.0.0.1:`port`, a marketplace worker, the replay worker, the settlement worker and
+        beat, in that order (so they stop the other way round); returns the web server's base URL."""
         python = sys.executable
         self.supervisor.start(
             "web",
@@ -137,6 +137,13 @@ class LocalStack:
             "worker",
             [python, "-m", "celery", "-A", "marketplace", "worker", "--queues", ",".join(MARKETPLACE_QUEUES),
              "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"marketplace-{self.tag}@%h"],
+            self.env,
+        )  # fmt: skip
+        # Round closes (training replays) have a pool of their own: the worker above never runs one.
+        self.supervisor.start(
+            "replay",
+            [python, "-m", "celery", "-A", "marketplace", "worker", "--queues", ",".join(REPLAY_QUEUES),
+             "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"replay-{self.tag}@%h"],
             self.env,
         )  # fmt: skip
         if settlement:

@@ -35,6 +35,8 @@ class Child:
     process: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes] = field(repr=False)
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -52,8 +54,15 @@ class Supervisor:
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
+        process = self._spawn(argv, env, log)
+        child = Child(name=name, process=process, log_path=log_path, log=log, argv=list(argv), env=dict(env))
+        self.children.append(child)
+        return child
+
+    @staticmethod
+    def _spawn(argv: Sequence[str], env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
         # Own session: Ctrl-C reaches only the supervisor, which then stops the children in order.
-        process = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -62,8 +71,29 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        child = Child(name=name, process=process, log_path=log_path, log=log)
-        self.children.append(child)
+
+    def child(self, name: str) -> Child:
+        """The supervised process called `name` (KeyError if there is none)."""
+        for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(name)
+
+    def kill(self, name: str, timeout: float = 10.0) -> None:
+        """SIGKILL `name` and everything it started (its process group), as a crash or the OOM killer would;
+        returns once it is gone."""
+        child = self.child(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.process.pid, signal.SIGKILL)
+        child.process.wait(timeout=timeout)
+
+    def restart(self, name: str) -> Child:
+        """Start `name` again with its command line and environment, as systemd's `Restart=always` or Compose's
+        `restart: unless-stopped` would after a crash (it must have exited)."""
+        child = self.child(name)
+        if child.process.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {child.process.pid}): kill it first")
+        child.process = self._spawn(child.argv, child.env, child.log)
         return child
 
     def check(self) -> None:

@@ -20,10 +20,15 @@ def admin_client() -> redis.Redis:
         return _admin[pid]
 
 
+def prefixed(key: str) -> str:
+    """`key` in the marketplace's own key space (REDIS_PREFIX): what every marketplace-wide key is stored under."""
+    return f"{settings.REDIS_PREFIX}{key}"
+
+
 def once_per(key: str, seconds: int) -> bool:
     """True for the first caller of `key` in a window of `seconds` (marketplace-wide), False for the others."""
-    return bool(admin_client().set(f"{settings.REDIS_PREFIX}{key}", "1", nx=True, ex=seconds))
+    return bool(admin_client().set(prefixed(key), "1", nx=True, ex=seconds))
 
 
 def forget(key: str) -> None:
-    admin_client().delete(f"{settings.REDIS_PREFIX}{key}")
+    admin_client().delete(prefixed(key))

@@ -46,6 +46,7 @@ def previous_update(result: Result, state: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training.compress import decompress
+    from training.verify import update_shapes
 
     earlier = (
         Result.objects.filter(
@@ -59,7 +60,7 @@ def previous_update(result: Result, state: dict[str, Any]) -> dict[str, Any]:
     if earlier is not None:
         try:
             with earlier.artifact.open("rb") as handle:
-                return decompress(handle.read())
+                return decompress(handle.read(), shapes=update_shapes(state))
         except ValueError:
             pass
     return {name: torch.zeros_like(value) for name, value in state.items() if value.is_floating_point()}

@@ -14,22 +14,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
+from marketplace.core import deliveries
 from marketplace.core.enqueue import schedule_request
+from marketplace.core.queues import TaskName
 from marketplace.core.redis_admin import once_per
 from marketplace.federated import replays, storage, trust
+from marketplace.federated.kind import TrainKind
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.federated.outputs import model_output
 from marketplace.federated.spec import TrainSpec
 from marketplace.federated.start import round_open, round_plans, spec_of, weights_store
-from marketplace.federated.updates import decode, round_close_request
+from marketplace.federated.updates import decode, quorum, round_close_request
 from marketplace.jobs import dispatch
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobOutput, JobState, Result, Task, TaskState
 from marketplace.jobs.transitions import job_transition, task_transition
@@ -308,12 +312,45 @@ def _finish(*, job: Job, output: JobOutput, reason: str) -> None:
     logger.info("train job %s completed: %s (accuracy %s)", job.id, reason, output.summary.get("accuracy"))
 
 
-def rounds_due() -> int:
-    """Ask to close every open round past its deadline (once per 30 s each: a close may take a while)."""
-    due = TrainRound.objects.filter(state=RoundState.OPEN, deadline__lt=timezone.now(), job__state=JobState.RUNNING)
+# How long a round with its quorum in waits for the close its last update asked for before rounds_due asks again.
+QUORUM_GRACE_SECONDS = 30
+# How often rounds_due asks again to close one round whose close is not running (it may wait in the replay queue
+# behind another job's close, or its message may have been lost).
+CLOSE_REQUEST_SECONDS = 120
+
+
+def rounds_due(*, now: datetime | None = None) -> int:
+    """Ask to close every open round that is due: past its deadline, or with its quorum of updates submitted more
+    than QUORUM_GRACE_SECONDS ago (the close the last of them asked for was lost, or its worker died). Never a round
+    whose close is running, nor one given up on (core.deliveries), and each at most once per CLOSE_REQUEST_SECONDS."""
+    now = now or timezone.now()
+    due = {
+        (job_id, index): "deadline"
+        for job_id, index in TrainRound.objects.filter(
+            state=RoundState.OPEN, deadline__lt=now, job__state=JobState.RUNNING
+        ).values_list("job_id", "index")
+    }
+    submitted = (
+        Assignment.objects.filter(
+            state=AssignmentState.SUBMITTED, task__job__kind=TrainKind.name, task__job__state=JobState.RUNNING
+        )
+        .values("task__job_id", "task__group", "task__job__spec")
+        .annotate(updates=Count("id"), last=Max("submitted_at"))
+        .filter(last__lt=now - timedelta(seconds=QUORUM_GRACE_SECONDS))
+    )
+    for row in submitted:
+        key = (row["task__job_id"], row["task__group"])
+        if key in due or row["updates"] < quorum(int(row["task__job__spec"].get("participants", 1))):
+            continue
+        if TrainRound.objects.filter(job_id=key[0], index=key[1], state=RoundState.OPEN).exists():
+            due[key] = "quorum"
     count = 0
-    for job_id, index in list(due.values_list("job_id", "index")):
-        if once_per(f"round-close:{job_id}:{index}", 30):
-            round_close_request(job_id=job_id, index=index, why="deadline")
+    for (job_id, index), why in sorted(due.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+        if deliveries.running(TaskName.ROUND_CLOSE, job_id, index) or deliveries.poisoned(
+            TaskName.ROUND_CLOSE, job_id, index
+        ):
+            continue
+        if once_per(f"round-close:{job_id}:{index}", CLOSE_REQUEST_SECONDS):
+            round_close_request(job_id=job_id, index=index, why=why)
             count += 1
     return count

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from marketplace.federated import storage
 from marketplace.federated.models import TrainData, TrainRound
-from marketplace.federated.spec import TrainSpec
+from marketplace.federated.spec import TrainSpec, stored
 from marketplace.jobs.kinds import TaskPlan
 from marketplace.jobs.models import Assignment, Job, JobAsset, JobOutput, Task
 from protocol import TrainHyper, TrainPayload
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def spec_of(job: Job) -> TrainSpec:
-    return TrainSpec.model_validate(job.spec)
+    return stored(job.spec)
 
 
 def _dataset(job: Job, spec: TrainSpec) -> tuple[Any, dict[str, Any]]:

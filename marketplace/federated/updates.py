@@ -22,14 +22,17 @@ from marketplace.jobs.verification import assignment_reject
 def decode(result: Result, rnd: TrainRound) -> tuple[dict[str, Any] | None, str]:
     """The update a result carries, or None and why it is unusable."""
     from training.compress import decompress
-    from training.verify import check_update
+    from training.verify import check_update, update_shapes
 
+    weights = storage.weights(rnd)
     try:
         with result.artifact.open("rb") as handle:
-            delta = decompress(handle.read())
+            # The model's own layers bound the decoder: a layer it does not have, or of another shape, is refused
+            # from its header, before its elements are allocated.
+            delta = decompress(handle.read(), shapes=update_shapes(weights))
     except ValueError as exc:
         return None, f"malformed update: {exc}"
-    problem = check_update(delta, storage.weights(rnd))
+    problem = check_update(delta, weights)
     return (None, f"malformed update: {problem}") if problem else (delta, "")
 
 

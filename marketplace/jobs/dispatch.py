@@ -15,11 +15,14 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.core.enqueue import schedule_request
-from marketplace.jobs import diversity, kinds, reputation
+from marketplace.jobs import delivery, diversity, kinds, reputation
+from marketplace.jobs.leases import lease_bound, lease_windows
+from marketplace.jobs.matching import capabilities_satisfy, price_ok
 from marketplace.jobs.models import (
     ASSIGNMENT_ATTEMPT_LOST,
     ASSIGNMENT_LIVE,
     ASSIGNMENT_OPEN,
+    ASSIGNMENT_RETAKEABLE,
     ASSIGNMENT_TRANSITIONS,
     TASK_TRANSITIONS,
     Assignment,
@@ -31,7 +34,6 @@ from marketplace.jobs.models import (
     TaskState,
 )
 from marketplace.jobs.transitions import job_transition, task_transition, tasks_transition
-from marketplace.nodes import broker
 from marketplace.nodes.models import Node
 from marketplace.nodes.selectors import nodes_online
 
@@ -39,53 +41,6 @@ logger = logging.getLogger(__name__)
 
 # Leasing moves a task pending → running, or leaves a running one running.
 LEASABLE_TASK_STATES = TASK_TRANSITIONS[TaskState.RUNNING] | {TaskState.RUNNING}
-
-
-def lease_windows(kind_name: str) -> tuple[int, int]:
-    """(start window, lease) in seconds for a kind, with the settings' overrides applied."""
-    kind = kinds.get(kind_name)
-    start = settings.HASHWORK["START_WINDOW_SECONDS"] or kind.start_window_seconds
-    lease = settings.HASHWORK["LEASE_SECONDS"] or kind.lease_seconds
-    return start, lease
-
-
-def _count(value: Any) -> int:
-    """A whole number from a stored record, 0 when it is none: a record from before validation at the edge (or
-    written by hand) never raises inside the scheduler."""
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError, OverflowError):
-        return 0
-
-
-def capabilities_satisfy(requirements: dict[str, Any], capabilities: dict[str, Any]) -> bool:
-    """Whether a node reporting `capabilities` (nodeagent probe; checked by protocol.Capabilities at the API) can
-    run a task needing `requirements`. Total: a malformed record satisfies nothing it cannot prove."""
-    if not isinstance(capabilities, dict):
-        return False
-    gpus_needed = _count(requirements.get("gpus"))
-    if gpus_needed:
-        min_vram = _count(requirements.get("min_vram_mb"))
-        reported = capabilities.get("gpus")
-        listed = [g for g in reported if isinstance(g, dict)] if isinstance(reported, list) else []
-        gpus = [g for g in listed if _count(g.get("vram_mb")) >= min_vram]
-        cap = capabilities.get("max_gpus")
-        usable = len(gpus) if cap is None else min(len(gpus), _count(cap))
-        if usable < gpus_needed:
-            return False
-    if _count(capabilities.get("cpu_cores")) < _count(requirements.get("cpu_cores")):
-        return False
-    if _count(capabilities.get("ram_mb")) < _count(requirements.get("ram_mb")):
-        return False
-    software = capabilities.get("software")
-    if not isinstance(software, dict):
-        software = {}
-    return all(software.get(name) for name in requirements.get("software") or [])
-
-
-def _price_ok(job: Job, node: Node) -> bool:
-    minimum = node.min_price.get(job.kind) if isinstance(node.min_price, dict) else None
-    return minimum is None or _count(minimum) <= job.price_per_replica
 
 
 @dataclass(frozen=True)
@@ -115,9 +70,9 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
     try:
         with transaction.atomic():
             # Lock order everywhere: node, then task.
-            if not Node.objects.filter(id=node.id, is_active=True, accepting=True, busy_slots__lt=F("slots")).update(
-                busy_slots=F("busy_slots") + 1
-            ):
+            if not Node.objects.filter(
+                id=node.id, is_active=True, accepting=True, broker_ok=True, busy_slots__lt=F("slots")
+            ).update(busy_slots=F("busy_slots") + 1):
                 return LeaseOutcome(None, node_full=True)
             # Read under the node's row lock: what it holds and where it is cannot change until we commit.
             fresh = Node.objects.only("id", "operator_id", "address", "valid_count").get(id=node.id)
@@ -155,11 +110,15 @@ def assignment_lease(*, task: Task, node: Node, now: datetime | None = None) -> 
                         lease_expires_at=now + timedelta(seconds=lease),
                     )
             except IntegrityError:
-                # This node already had a replica of this task: replicas must be on different nodes.
+                # This node already has a replica of this task that counts: replicas must be on different nodes.
                 raise _NoLease from None
             reputation.spot_check_maybe(task=task, job=job, node=node)
             message = assignment_message(assignment=assignment, task=task, job=job)
-            transaction.on_commit(lambda: broker.assignment_publish(node_id=node.id, message=message))
+            # A publish that fails releases the lease at once: it must not expire against the node (jobs.delivery).
+            transaction.on_commit(
+                lambda: delivery.lease_deliver(assignment_id=assignment.id, node_id=node.id, message=message),
+                robust=True,
+            )
     except _NoLease as refused:
         return refused.outcome
     logger.info("assignment %s: task %s of job %s leased to node %s", assignment.id, task.index, job.id, node.id)
@@ -209,11 +168,13 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
         return []
     task_ids = [t.id for t in tasks]
     orders = reputation.node_orders(nodes, {t.job.kind for t in tasks})
-    taken = set(Assignment.objects.filter(task_id__in=task_ids).values_list("task_id", "node_id"))
+    # One replica per node and task that counts (not expired or handed back); a node that lost the task goes last.
+    replicas = Assignment.objects.filter(task_id__in=task_ids).values_list("task_id", "node_id", "state")
+    taken = {(t, n) for t, n, state in replicas if state not in ASSIGNMENT_RETAKEABLE}
+    lost = {(t, n) for t, n, state in replicas if state in ASSIGNMENT_RETAKEABLE}
     held = diversity.holders(task_ids)
-    blocked = set(
-        JobNodeBlock.objects.filter(job_id__in={t.job_id for t in tasks}, blocked=True).values_list("job_id", "node_id")
-    )
+    blocks = JobNodeBlock.objects.filter(job_id__in={t.job_id for t in tasks}, blocked=True)
+    blocked = set(blocks.values_list("job_id", "node_id"))
     room = {n.id: n.slots - n.busy_slots for n in nodes}
     for node_id, allowed in diversity.probation_room(nodes).items():
         room[node_id] = min(room[node_id], allowed)
@@ -221,12 +182,12 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
     leased: list[UUID] = []
     for task in tasks:
         wanted = task.replicas_wanted - task.live_replicas
-        for node in orders[task.job.kind]:
+        for node in sorted(orders[task.job.kind], key=lambda n: (task.id, n.id) in lost):
             if wanted <= 0:
                 break
             if room[node.id] <= 0 or (task.id, node.id) in taken or (task.job_id, node.id) in blocked:
                 continue
-            if not _price_ok(task.job, node) or not capabilities_satisfy(task.requirements, node.capabilities):
+            if not price_ok(task.job, node) or not capabilities_satisfy(task.requirements, node.capabilities):
                 continue
             why = diversity.conflict(whose[node.id], held[task.id])
             if why:
@@ -341,6 +302,7 @@ def work_stop(*, job_id: UUID, reason: str, group: int | None = None) -> None:
 def assignments_expire(*, now: datetime | None = None) -> int:
     """Expire leases not started in their window or not submitted in time; returns how many."""
     now = now or timezone.now()
+    delivery.leases_release_broker_down(now=now)  # a broker outage is no one's fault: released, not expired
     overdue = Assignment.objects.filter(
         Q(state=AssignmentState.LEASED, start_by__lt=now) | Q(state__in=ASSIGNMENT_OPEN, lease_expires_at__lt=now)
     ).values_list("id", "state")
@@ -356,8 +318,9 @@ def assignments_expire(*, now: datetime | None = None) -> int:
 def leases_extend(
     *, node: Node, assignment_ids: list[UUID], progress: dict[UUID, tuple[int, int]] | None = None
 ) -> list[UUID]:
-    """Heartbeat: extend the running leases the node reports, recording each one's progress (done, total) where
-    reported; return the reported ids it no longer holds."""
+    """Heartbeat: extend the running leases the node reports, never past `lease_bound`, recording each one's
+    progress (done, total) where reported; return the reported ids it no longer holds. An assignment past its
+    bound expires here (an attempt lost, like any expired lease) and is named with the others."""
     now = timezone.now()
     progress = progress or {}
     held = Assignment.objects.filter(id__in=assignment_ids, node=node, state=AssignmentState.RUNNING).select_related(
@@ -365,8 +328,15 @@ def leases_extend(
     )
     alive: set[UUID] = set()
     for assignment in held:
-        _, lease = lease_windows(assignment.task.job.kind)
-        updates: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease)}
+        kind_name = assignment.task.job.kind
+        _, lease = lease_windows(kind_name)
+        bound = lease_bound(kind_name, assignment.started_at or assignment.leased_at)
+        if bound <= now:
+            why = f"ran past its {kind_name} time limit of {kinds.get(kind_name).time_limit_seconds} s"
+            if assignment_end(assignment_id=assignment.id, to=AssignmentState.EXPIRED, reason=why):
+                logger.info("assignment %s of node %s expired: %s", assignment.id, node.id, why)
+            continue
+        updates: dict[str, Any] = {"lease_expires_at": min(now + timedelta(seconds=lease), bound)}
         if assignment.id in progress:
             updates["progress_done"], updates["progress_total"] = progress[assignment.id]
         Assignment.objects.filter(id=assignment.id, state=AssignmentState.RUNNING).update(**updates)

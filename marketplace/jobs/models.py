@@ -75,6 +75,8 @@ ASSIGNMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     AssignmentState.FAILED: frozenset({AssignmentState.LEASED, AssignmentState.RUNNING}),
 }
 ASSIGNMENT_OPEN = frozenset({AssignmentState.LEASED, AssignmentState.RUNNING})
+# Replicas with no result that a node may take again (see Assignment.Meta).
+ASSIGNMENT_RETAKEABLE = (AssignmentState.EXPIRED.value, AssignmentState.RELEASED.value)
 # Replicas that still count towards a task's wanted replicas.
 ASSIGNMENT_LIVE = frozenset(
     {AssignmentState.LEASED, AssignmentState.RUNNING, AssignmentState.SUBMITTED, AssignmentState.ACCEPTED}
@@ -176,8 +178,14 @@ class Assignment(models.Model):
     class Meta:
         ordering = ["-leased_at"]
         constraints = [
-            # Replicas of one task must run on different nodes, or replication proves nothing.
-            models.UniqueConstraint(fields=["task", "node"], name="assignment_one_replica_per_node"),
+            # Replicas of one task must run on different nodes, or replication proves nothing. A replica that
+            # expired or was handed back carries no result, so the node may take the task again (after a fault
+            # that was not its own, say, or in a network with no other operator left to take it).
+            models.UniqueConstraint(
+                fields=["task", "node"],
+                condition=~models.Q(state__in=ASSIGNMENT_RETAKEABLE),
+                name="assignment_one_replica_per_node",
+            ),
         ]
         indexes = [models.Index(fields=["node", "state"])]
 

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 
 from marketplace.core import hooks
-from marketplace.jobs import kinds, reputation
+from marketplace.jobs import faults, kinds, reputation
 from marketplace.jobs.dispatch import assignment_end, task_fail
 from marketplace.jobs.kinds import DrivenKind, ReplicatedKind, SpotCheckedKind
 from marketplace.jobs.models import (
@@ -129,22 +129,71 @@ def task_verify(*, task_id: UUID) -> str:
             )
             if locked != task.state or now != seen:
                 continue  # replicas arrived or moved while we judged: judge again with them
-            return _apply(task=task, plan=plan, nodes=nodes, replicas=len(results))
+            done = _apply(task=task, plan=plan, nodes=nodes, replicas=len(results))
+            _discard_on_commit(kind=kind, task=task, plan=plan, results=results)
+            return done
     return state
 
 
+def _discard_on_commit(*, kind: ReplicatedKind[Any], task: Task, plan: _Plan, results: list[Result]) -> None:
+    """Once the verdict has committed, free what judging used (a render kind's unpacked chunks) for the replicas it
+    rejected or cancelled, and for all of a stopped task's (its job is never merged). The accepted replicas of a
+    live task keep theirs until the job's output is built (jobs.services.outputs.job_output_build)."""
+    discard = getattr(kind, "result_discard", None)
+    if discard is None:
+        return
+    stopped = task.state in (TaskState.CANCELLED, TaskState.FAILED)
+    ended = {a for a, _ in (*plan.reject, *plan.cancel)}
+    doomed = [r for r in results if stopped or str(r.assignment_id) in ended]
+
+    def run() -> None:
+        for result in doomed:
+            try:
+                discard(result)
+            except OSError:
+                logger.exception("could not free the files of result %s (task %s)", result.id, task.id)
+
+    if doomed:
+        transaction.on_commit(run)
+
+
+def _malformed(task: Task, aid: str, what: str, exc: Exception) -> str:
+    """The reason a replica is rejected for an exception its data caused while `what`, logged with the ids."""
+    logger.warning(
+        "task %s of job %s: replica %s is malformed (%s raised %s: %s)",
+        task.id,
+        task.job_id,
+        aid,
+        what,
+        type(exc).__name__,
+        exc,
+        exc_info=not isinstance(exc, ValueError),
+    )
+    if isinstance(exc, ValueError) and what == "reading it":
+        return f"malformed result: {exc}"
+    return f"malformed result: {type(exc).__name__} while {what}: {str(exc)[:300]}"
+
+
 def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _Plan:
-    """The verdict on a task's replicas, as a plan; slow work (unpacking, comparing, re-rendering) happens here."""
+    """The verdict on a task's replicas, as a plan; slow work (unpacking, comparing, re-rendering) happens here.
+
+    Total: an exception that a replica's data causes while it is read, compared or spot-checked rejects that
+    replica as malformed, naming the exception, and the others are judged without it; only the marketplace's own
+    trouble (faults.is_ours: its database, disk, re-render, time limit) stops the verdict, to be retried."""
     plan = _Plan()
     values: dict[str, Any] = {}
     states: dict[str, str] = {}
     for result in results:
         aid = str(result.assignment_id)
+        if task.state == TaskState.COMPLETED and result.assignment.state != AssignmentState.SUBMITTED:
+            continue  # nothing left to decide about an accepted replica of a completed task: not unpacked again
         try:
             values[aid] = kind.result_value(result)
             states[aid] = result.assignment.state
-        except ValueError as exc:
-            plan.reject.append((aid, f"malformed result: {exc}"))
+        except Exception as exc:
+            if faults.is_ours(exc):
+                raise
+            plan.reject.append((aid, _malformed(task, aid, "reading it", exc)))
     if task.state == TaskState.COMPLETED:
         # The task completed without these (its surplus replicas are stopped as it completes, and a result for a
         # completed task is refused with 409): neither accepted nor paid, and no mark against their nodes.
@@ -158,16 +207,16 @@ def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _
         return plan
     if task.spot_check and isinstance(kind, SpotCheckedKind) and values:
         # The task's one replica (a trusted node's) against the marketplace's own re-render of a random image.
-        assignment_id, value = next(iter(values.items()))
-        ok, reason = kind.spot_check(task, value)
+        ok, reason = _spot_check(task=task, kind=kind, values=values)
+        assignment_id = next(iter(values))
         if ok:
             plan.accept.append((assignment_id, f"passed its spot check: {reason}"))
             plan.complete = True
         else:
-            plan.reject.append((assignment_id, f"spot check failed: {reason}"))
+            plan.reject.append((assignment_id, reason))
             plan.trust_lost = True
         return plan
-    verdict = kinds.decide(values, quorum=_quorum(task), agree=kind.agree)
+    verdict = _decide(task=task, kind=kind, plan=plan, values=values)
     if verdict.needs_another_replica:
         plan.undecided = True
         return plan
@@ -179,6 +228,60 @@ def _judge(*, task: Task, kind: ReplicatedKind[Any], results: list[Result]) -> _
     return plan
 
 
+def _spot_check(*, task: Task, kind: SpotCheckedKind[Any], values: dict[str, Any]) -> tuple[bool, str]:
+    """(ok, reason) of the spot check of the task's one replica; an exception its data causes fails it."""
+    assignment_id, value = next(iter(values.items()))
+    try:
+        ok, reason = kind.spot_check(task, value)
+    except Exception as exc:
+        if faults.is_ours(exc):
+            raise
+        return False, f"spot check failed: {_malformed(task, assignment_id, 'spot-checking it', exc)}"
+    return ok, reason if ok else f"spot check failed: {reason}"
+
+
+def _decide(*, task: Task, kind: ReplicatedKind[Any], plan: _Plan, values: dict[str, Any]) -> kinds.Verdict:
+    """kinds.decide with a total `agree`. When comparing two replicas raises, each is compared with itself: one
+    that cannot even be is malformed, rejected and removed from `values`, and the rest are decided again without
+    it; a pair that only fails together simply disagrees."""
+    broken: dict[str, str] = {}
+    sound: set[str] = set()
+
+    def fails_alone(aid: str) -> bool:
+        if aid in sound or aid in broken:
+            return aid in broken
+        try:
+            kind.agree(values[aid], values[aid])
+        except Exception as exc:
+            if faults.is_ours(exc):
+                raise
+            broken[aid] = _malformed(task, aid, "comparing it", exc)
+            return True
+        sound.add(aid)
+        return False
+
+    def agree(a: str, b: str) -> bool:
+        try:
+            return bool(kind.agree(values[a], values[b]))
+        except Exception as exc:
+            if faults.is_ours(exc):
+                raise
+            # Both are tried (no short circuit): either may be the broken one.
+            if not (fails_alone(a) | fails_alone(b)):
+                logger.warning("task %s: replicas %s and %s cannot be compared (%r): they disagree", task.id, a, b, exc)
+            return False
+
+    while True:
+        known = len(broken)
+        verdict = kinds.decide({a: a for a in values if a not in broken}, quorum=_quorum(task), agree=agree)
+        if len(broken) == known:
+            break
+    for aid, why in broken.items():
+        plan.reject.append((aid, why))
+        values.pop(aid)
+    return verdict
+
+
 def _judge_stopped(*, task: Task, kind: ReplicatedKind[Any], plan: _Plan, values: dict[str, Any]) -> _Plan:
     """Replicas submitted before their job was cancelled, failed or expired are judged with what is there:
     verified work is paid (cancelling never takes it for free); a replica nothing can verify any more (no other
@@ -186,14 +289,14 @@ def _judge_stopped(*, task: Task, kind: ReplicatedKind[Any], plan: _Plan, values
     if not values:
         return plan
     if task.spot_check and isinstance(kind, SpotCheckedKind):
-        assignment_id, value = next(iter(values.items()))
-        ok, reason = kind.spot_check(task, value)
+        ok, reason = _spot_check(task=task, kind=kind, values=values)
+        assignment_id = next(iter(values))
         if ok:
             plan.accept.append((assignment_id, f"passed its spot check: {reason}"))
         else:
-            plan.reject.append((assignment_id, f"spot check failed: {reason}"))
+            plan.reject.append((assignment_id, reason))
         return plan
-    verdict = kinds.decide(values, quorum=_quorum(task), agree=kind.agree)
+    verdict = _decide(task=task, kind=kind, plan=plan, values=values)
     if verdict.needs_another_replica:
         why = f"its job stopped ({task.state}) before another replica could verify it: not paid"
         plan.cancel.extend((a, why) for a in sorted(values))
@@ -256,7 +359,9 @@ def _why(kind: ReplicatedKind[Any], summary: str, accepted: list[Any], value: An
         return summary
     try:
         detail = kind.explain(accepted[0], value)
-    except Exception:  # an explanation is a courtesy: never let it stop a verdict
+    except Exception as exc:  # an explanation is a courtesy: never let it stop a verdict
+        if faults.is_ours(exc):
+            raise
         logger.exception("could not explain a rejected %s replica", kind.name)
         return summary
     return f"{summary}: {detail}" if detail else summary

@@ -22,8 +22,9 @@ from marketplace.nodes import services
 from marketplace.nodes.authentication import NodeApiView
 from marketplace.nodes.models import Node
 from marketplace.nodes.network import client_address
-from protocol import PROTOCOL, UPGRADE, ProtocolError
+from protocol import PROTOCOL, UPGRADE, BrokerHealth, ProtocolError
 from protocol.capabilities import Capabilities
+from protocol.heartbeat import BROKER_ERROR_MAX
 
 
 def request_address(request: Request) -> str | None:
@@ -70,6 +71,9 @@ class NodeOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
             "invalid_count",
             "expired_count",
             "consecutive_valid",
+            "broker_ok",
+            "broker_error",
+            "broker_failed_at",
             "created_at",
         ]
 
@@ -124,6 +128,21 @@ class ProgressSerializer(serializers.Serializer):  # type: ignore[type-arg]
     total = serializers.IntegerField(min_value=1)
 
 
+class BrokerHealthSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The agent's worker's broker connection, read by protocol.BrokerHealth (one definition for both sides)."""
+
+    ok = serializers.BooleanField(help_text="Whether the node's worker is connected to the broker and consuming.")
+    error = serializers.CharField(
+        max_length=BROKER_ERROR_MAX, allow_blank=True, default="", help_text="The last connection error, if not ok."
+    )
+
+    def to_internal_value(self, data: object) -> BrokerHealth:
+        try:
+            return BrokerHealth.from_json(data)
+        except ProtocolError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
     protocol = serializers.CharField(
         required=False,
@@ -141,6 +160,11 @@ class NodeHeartbeatInputSerializer(serializers.Serializer):  # type: ignore[type
         child=ProgressSerializer(),
         required=False,
         help_text='Progress of running assignments, by id: {"<assignment id>": {"done": 3, "total": 8}}.',
+    )
+    broker = BrokerHealthSerializer(
+        required=False,
+        help_text="Not ok: the node is leased nothing, its unstarted leases are released and its broker user is "
+        "made again (after a Redis restart). Omitted (older agents): taken as ok.",
     )
 
     def validate_protocol(self, value: str) -> str:
@@ -192,6 +216,7 @@ class NodeHeartbeatApi(NodeApiView):
             accepting=data.validated_data["accepting"],
             running=data.validated_data["running"],
             progress=data.validated_data.get("progress"),
+            broker=data.validated_data.get("broker"),
         )
         return Response(
             NodeHeartbeatOutputSerializer({"node": beat.node, "revoked": beat.revoked, "withdraw": beat.withdraw}).data

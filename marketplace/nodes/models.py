@@ -22,6 +22,14 @@ class Node(models.Model):
     busy_slots = models.PositiveSmallIntegerField(default=0)
     accepting = models.BooleanField(default=True, help_text="False while the agent is paused or too hot.")
     broker_username = models.CharField(max_length=96, blank=True, default="")
+    # What restores the node's Redis ACL user after a broker restart without an ACL file (nodes.broker): Redis takes
+    # a password's sha256 (`#<hex>`), so the password itself is never stored; the agent's credentials work again.
+    broker_password_sha256 = models.CharField(max_length=64, blank=True, default="")
+    # What the agent reports of its worker's broker connection (heartbeat): the scheduler leases nothing to a node
+    # whose worker is not consuming, and a lease not started after a reported failure is released, not expired.
+    broker_ok = models.BooleanField(default=True)
+    broker_error = models.CharField(max_length=500, blank=True, default="")
+    broker_failed_at = models.DateTimeField(null=True, blank=True)
     min_price = models.JSONField(default=dict, help_text="{kind: minimum price per replica in base units}.")
     is_active = models.BooleanField(default=True, help_text="Removed or banned nodes are inactive.")
     last_heartbeat = models.DateTimeField(null=True, blank=True, db_index=True)

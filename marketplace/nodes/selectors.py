@@ -12,8 +12,10 @@ from marketplace.nodes.models import Node
 
 
 def nodes_online() -> QuerySet[Node]:
+    """Active nodes that heartbeat recently and whose worker is consuming its queue: a node whose agent reports a
+    broken broker connection (a Redis restart lost its user, Redis is down) is leased nothing until it recovers."""
     since = timezone.now() - timedelta(seconds=settings.HASHWORK["NODE_ONLINE_SECONDS"])
-    return Node.objects.filter(is_active=True, last_heartbeat__gte=since)
+    return Node.objects.filter(is_active=True, last_heartbeat__gte=since, broker_ok=True)
 
 
 def node_list_for_operator(*, operator_id: int) -> QuerySet[Node]:

@@ -1,4 +1,4 @@
-"""Writes for nodes: enrolment, deactivation, withdrawal requests (heartbeats: marketplace.jobs.services)."""
+"""Writes for nodes: enrolment, deactivation, broker users, withdrawals (heartbeats: marketplace.jobs.services)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
+import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -18,6 +20,7 @@ from django.utils import timezone
 from marketplace.core import hooks
 from marketplace.core.exceptions import ApplicationError, ValidationFailed
 from marketplace.core.fields import UINT256_MAX
+from marketplace.core.redis_admin import once_per
 from marketplace.nodes import broker
 from marketplace.nodes.authentication import token_new
 from marketplace.nodes.models import Node
@@ -83,12 +86,13 @@ def node_enroll(
         raise ValidationFailed({"slots": [f"Must be between 1 and {MAX_SLOTS}."]})
     prices = _min_price_clean(min_price)
     token, digest = token_new()
+    password, password_sha256 = broker.password_new()
     try:
         with transaction.atomic():
             # The operator's row lock makes two enrolments at once take turns, so both cannot pass the count.
             get_user_model().objects.select_for_update().filter(pk=operator.pk).first()
             _enrolment_rate_check(operator=operator, now=timezone.now())
-            node = Node.objects.create(
+            node = Node(
                 operator=operator,
                 address=address_normalize(address),
                 name=name,
@@ -97,20 +101,23 @@ def node_enroll(
                 capabilities=capabilities,
                 slots=slots,
                 min_price=prices,
+                broker_password_sha256=password_sha256,
             )
+            # Known before the broker user exists, so that broker_users_restore can make it even if this process
+            # dies before it does.
+            node.broker_username = broker.node_username(node.id)
+            node.save(force_insert=True)
     except IntegrityError:
         raise ValidationFailed({"name": [f"You already have a node named {name!r}."]}) from None
     # The broker user is made after the node row commits, outside any transaction (no Redis call under a row
     # lock); if Redis refuses, the node is removed again, so a failed enrolment leaves nothing behind.
     try:
-        username, broker_url, prefix = broker.broker_user_create(node_id=node.id)
+        user = broker.broker_user_create(node_id=node.id, password=password)
     except Exception:
         Node.objects.filter(id=node.id).delete()
         raise
-    Node.objects.filter(id=node.id).update(broker_username=username)
-    node.broker_username = username
     logger.info("node %s enrolled by operator %s", node.id, operator.pk)
-    return Enrolment(node=node, token=token, broker_url=broker_url, broker_prefix=prefix)
+    return Enrolment(node=node, token=token, broker_url=user.url, broker_prefix=user.prefix)
 
 
 def _enrolment_rate_check(*, operator: AbstractBaseUser, now: datetime) -> None:
@@ -148,7 +155,8 @@ def node_address_record(*, node: Node, address: str | None) -> bool:
 
 def node_deactivate(*, node_id: Any, reason: str) -> bool:
     """Remove or ban a node: it can no longer authenticate, reach the broker or be leased work; its open
-    assignments go back to the pool."""
+    assignments go back to the pool. The ban holds even when Redis cannot delete the broker user now (down,
+    restarting): broker_users_restore deletes the user of every inactive node until it is gone."""
     with transaction.atomic():
         changed = Node.objects.filter(id=node_id, is_active=True).update(is_active=False, accepting=False)
         node = Node.objects.filter(id=node_id).first()
@@ -156,9 +164,83 @@ def node_deactivate(*, node_id: Any, reason: str) -> bool:
             return False
         hooks.node_deactivated.send(node.id)
     # Dropping the broker user closes the node's connections at once; after the commit, like every Redis call.
-    broker.broker_user_delete(username=node.broker_username)
+    try:
+        broker.broker_user_delete(username=node.broker_username or broker.node_username(node.id))
+    except redis.RedisError as exc:
+        logger.warning("node %s deactivated; its broker user is deleted later (broker_users_restore): %s", node_id, exc)
     logger.info("node %s deactivated: %s", node_id, reason)
     return True
+
+
+@dataclass(frozen=True)
+class BrokerUsersRestored:
+    """What broker_users_restore did: users made again, deleted (of inactive or deleted nodes), hashes read back
+    from Redis (nodes enrolled before they were stored), and active nodes whose user is lost for good."""
+
+    restored: list[UUID]
+    deleted: list[str]
+    adopted: list[UUID]
+    unrecoverable: list[UUID]
+
+
+def node_broker_restore(*, node_id: UUID) -> bool:
+    """Make an active node's broker user again from its stored hash: its agent reported that its worker cannot log
+    in (a Redis restart lost the user). False for an inactive node or one without a stored hash. A ban that
+    commits meanwhile deletes the user after its commit; the check after SETUSER catches the other order."""
+    digest = Node.objects.filter(id=node_id, is_active=True).values_list("broker_password_sha256", flat=True).first()
+    if not digest:
+        return False
+    broker.broker_user_restore(node_id=node_id, password_sha256=digest)
+    if not Node.objects.filter(id=node_id, is_active=True).exists():
+        broker.broker_user_delete(username=broker.node_username(node_id))
+        return False
+    logger.info("broker user of node %s restored", node_id)
+    return True
+
+
+def broker_users_restore(*, full: bool = False) -> BrokerUsersRestored:
+    """Make Redis hold exactly the ACL users of the active nodes: make each missing one again from its stored hash
+    (every one when `full`, which also brings them all to the current node_acl_rules), delete those of inactive
+    or deleted nodes (a ban whose deletion failed), and load the node scripts first if Redis lost them.
+    Idempotent, and cheap when nothing is missing (ACL USERS, SCRIPT EXISTS, one query): a worker runs it when it
+    starts, beat every few seconds. A node enrolled before hashes were stored gets its hash read back from Redis
+    while its user exists; one whose user is already gone cannot be made again (logged: it must enrol again)."""
+    # Redis first: a user that an enrolment makes after this read has a committed row before it (node_enroll).
+    present = broker.broker_users_present()
+    if not broker.broker_scripts_present():
+        broker.broker_scripts_load()
+    active = {
+        broker.node_username(node_id): (node_id, digest)
+        for node_id, digest in Node.objects.filter(is_active=True).values_list("id", "broker_password_sha256")
+    }
+    missing: list[tuple[UUID, str]] = []
+    adopted: list[UUID] = []
+    unrecoverable: list[UUID] = []
+    for username, (node_id, digest) in active.items():
+        if not digest:
+            found = broker.broker_user_hash(username=username) if username in present else None
+            if found is None:
+                unrecoverable.append(node_id)
+                if once_per(f"broker-unrecoverable:{node_id}", 3600):
+                    logger.error("node %s has no broker user nor a stored hash to make one: enrol it again", node_id)
+                continue
+            Node.objects.filter(id=node_id, broker_password_sha256="").update(broker_password_sha256=found)
+            adopted.append(node_id)
+            digest = found
+        if full or username not in present:
+            missing.append((node_id, digest))
+    if missing:
+        broker.broker_users_make(missing)
+    restored = [node_id for node_id, _ in missing]
+    deleted = sorted(present - active.keys())
+    # Banned while we restored: the ban's own deletion may have run before our SETUSER (node_broker_restore's rule).
+    for node_id in Node.objects.filter(id__in=restored, is_active=False).values_list("id", flat=True):
+        deleted.append(broker.node_username(node_id))
+    for username in deleted:
+        broker.broker_user_delete(username=username)
+    if restored and not full:
+        logger.warning("broker users of %d active nodes were missing (a Redis restart?): restored", len(restored))
+    return BrokerUsersRestored(restored=restored, deleted=deleted, adopted=adopted, unrecoverable=unrecoverable)
 
 
 def node_withdraw_request(*, node: Node) -> None:

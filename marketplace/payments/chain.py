@@ -52,7 +52,8 @@ def operator(w3: Web3) -> Sender:
     with _lock:
         sender = _senders.get(cache_key)
         if sender is None:
-            sender = Sender(w3, key)
+            # Settlement transactions are re-priced when stuck (EIP-1559 replacement; see contracts.sender).
+            sender = Sender(w3, key, bump_after=settings.TX_BUMP_SECONDS, max_bumps=settings.TX_MAX_BUMPS)
             _senders[cache_key] = sender
         return sender
 

@@ -24,6 +24,11 @@ MAX_AGE = timedelta(minutes=10)
 # How far ahead of our clock a timestamp in the message may be (the wallet's clock is not ours).
 CLOCK_SKEW = timedelta(minutes=1)
 ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
+# The messages this server issues are about 400 characters; a longer text is none of them (and is not parsed).
+MAX_MESSAGE_CHARS = 4096
+# EIP-155 chain ids are unsigned integers; nothing above 2**256 - 1 names a chain.
+MAX_CHAIN_ID = 2**256 - 1
 _MESSAGE_RE = re.compile(
     r"^(?P<domain>[^\n ]+) wants you to sign in with your Ethereum account:\n"
     r"(?P<address>0x[0-9a-fA-F]{40})\n\n"
@@ -122,13 +127,19 @@ def message_for(
 
 
 def parse(text: str) -> SiweMessage:
-    """The fields of an EIP-4361 message; SiweError when the text is not one."""
+    """The fields of an EIP-4361 message; SiweError when the text is not one (or is longer than any we issue)."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise SiweError(f"The signed text is longer than {MAX_MESSAGE_CHARS} characters: no message we issue is.")
     match = _MESSAGE_RE.match(text)
     if match is None:
         raise SiweError("The signed text is not a Sign-In with Ethereum message.")
+    # At most MAX_MESSAGE_CHARS digits: int() stays under Python's 4300-digit conversion limit (a ValueError).
+    chain_id = int(match["chain_id"])
+    if chain_id > MAX_CHAIN_ID:
+        raise SiweError("The message's Chain ID is larger than any chain id (2**256 - 1).")
     expires, not_before = match["expiration_time"], match["not_before"]
     return SiweMessage(
-        match["domain"], match["address"], match["uri"], int(match["chain_id"]), match["nonce"],
+        match["domain"], match["address"], match["uri"], chain_id, match["nonce"],
         _time(match["issued_at"], "Issued At"), match["statement"], match["version"],
         _time(expires, "Expiration Time") if expires is not None else None,
         _time(not_before, "Not Before") if not_before is not None else None,

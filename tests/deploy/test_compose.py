@@ -21,7 +21,7 @@ from django.core.management import get_commands
 
 from marketplace import config as marketplace_config
 from marketplace.core.management.commands.chain import DEPLOYER_KEY_VARIABLE
-from marketplace.core.queues import MARKETPLACE_QUEUES, Queue
+from marketplace.core.queues import MARKETPLACE_QUEUES, REPLAY_QUEUES, Queue
 from tests.deploy.helpers import (
     COMPOSE_FILE,
     DOCKER,
@@ -40,7 +40,7 @@ from tests.deploy.helpers import (
     walk_strings,
 )
 
-SERVICES = {"postgres", "redis", "anvil", "web", "worker", "beat", "settlement", "flower", "nodeagent"}
+SERVICES = {"postgres", "redis", "anvil", "web", "worker", "replay", "beat", "settlement", "flower", "nodeagent"}
 ONE_SHOTS = {"migrate", "deploy"}
 SECRETS = {
     "SECRET_KEY": "s" * 50,
@@ -185,7 +185,7 @@ def test_the_web_server_serves_the_projects_wsgi_application(services: dict[str,
 
 
 def test_the_celery_services_load_the_marketplaces_celery_app(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("worker", "settlement", "beat", "flower"):
+    for name in ("worker", "replay", "settlement", "beat", "flower"):
         argv = command_argv(services[name]["command"])
         assert argv[:3] == ["celery", "-A", "marketplace"], name
     assert isinstance(importlib.import_module("marketplace.celery").app, Celery)
@@ -197,6 +197,13 @@ def test_the_worker_consumes_exactly_the_marketplace_queues(services: dict[str, 
     argv = command_argv(services["worker"]["command"])
     assert argv[3] == "worker"
     assert option(argv, "--queues") == ",".join(queue.value for queue in MARKETPLACE_QUEUES)
+
+
+def test_round_closes_have_a_worker_of_their_own_that_runs_nothing_else(services: dict[str, dict[str, Any]]) -> None:
+    argv = command_argv(services["replay"]["command"])
+    assert argv[3] == "worker"
+    assert option(argv, "--queues") == ",".join(queue.value for queue in REPLAY_QUEUES)
+    assert not set(REPLAY_QUEUES) & set(MARKETPLACE_QUEUES)
 
 
 def test_one_settlement_process_consumes_the_settlement_queue(services: dict[str, dict[str, Any]]) -> None:
@@ -274,7 +281,7 @@ def test_every_long_running_service_has_a_health_check(services: dict[str, dict[
 def test_every_marketplace_process_starts_after_the_schema_and_the_contracts(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    for name in ("web", "worker", "settlement", "beat"):
+    for name in ("web", "worker", "replay", "settlement", "beat"):
         depends_on = services[name]["depends_on"]
         assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
         assert depends_on["deploy"]["condition"] == "service_completed_successfully", name
@@ -287,7 +294,7 @@ def test_marketplace_services_set_only_variables_the_configuration_reads(
     known = config_variables()
     assert {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ETH_RPC_URL", "OPERATOR_KEY_FILE"} <= known
     marketplace = marketplace_services(services)
-    assert set(marketplace) == {"web", "worker", "settlement", "beat", "flower", "migrate", "deploy"}
+    assert set(marketplace) == {"web", "worker", "replay", "settlement", "beat", "flower", "migrate", "deploy"}
     for name, service in marketplace.items():
         unknown = set(service["environment"]) - known - OTHER_READERS.get(name, set())
         assert unknown == set(), f"{name} sets variables marketplace/config.py does not read"

@@ -95,7 +95,9 @@ def test_the_headless_demo_runs_funds_pays_and_refunds_the_sample_job_and_stops_
     assert second["render"]["settlement"]["reconciled"] is True
     assert "train" not in second
     assert summary["dashboard_url"] == f"http://127.0.0.1:{port}/"
-    assert summary["stopped"] == {name: 0 for name in ("agent-1", "agent-2", "beat", "settlement", "worker", "web")}
+    assert summary["stopped"] == {
+        name: 0 for name in ("agent-1", "agent-2", "beat", "settlement", "replay", "worker", "web")
+    }
     assert summary["redis_stopped"] is True
     # Everything it started is gone: the web port is closed and no Redis state is left behind.
     with socket.socket() as sock:

@@ -26,6 +26,7 @@ from contracts.sender import Sender
 from contracts.units import tokens_format
 from marketplace.celery import use_broker
 from marketplace.core.localstack import LocalStack, LocalStackError, wait_until
+from marketplace.core.management.demo_checks import chain_matches_database
 from marketplace.core.ports import free_port, port_is_free
 from marketplace.core.processes import Supervisor
 from marketplace.federated.models import RoundState, TrainData, TrainRound
@@ -59,14 +60,15 @@ def demo_start(stack: LocalStack, *, port: int, timeout: float, say: Say) -> tup
         say(f"Redis: {settings.REDIS_URL.split('@')[-1]} (REDIS_URL)")
         stack.env["REDIS_URL"] = settings.REDIS_URL
     use_broker(settings.REDIS_URL)
+    call_command("migrate", interactive=False, verbosity=0)
     if settings.ETH_RPC_URL:
         stack.env["ETH_RPC_URL"] = settings.ETH_RPC_URL
     else:  # this process funds and settles too (`chain fund-dev` in-process): it reads the settings
         settings.ETH_RPC_URL = stack.chain_start().url
+    chain_matches_database(stack)
     dep = stack.contracts_ensure()
     rpc = "Anvil" if stack.chain else settings.ETH_RPC_URL
     say(f"Chain: {rpc} (chain {dep.chain_id}), escrow {dep.escrow}")
-    call_command("migrate", interactive=False, verbosity=0)
     if not port_is_free(port):
         port, taken = free_port(), port
         say(f"Port {taken} is taken; using {port} instead (choose one with --port).")

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from marketplace.api.errors import error_responses
-from marketplace.jobs import selectors, services
+from marketplace.api.parsers import CappedFormParser
+from marketplace.core.uploads import UploadCap, UploadCapMixin
+from marketplace.jobs import kinds, selectors, services
 from marketplace.jobs.apis.poster import ProgressOutputSerializer
 from marketplace.jobs.models import Assignment, Result
 from marketplace.nodes.authentication import NodeApiView
@@ -71,13 +74,23 @@ class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[t
         fields = ["id", "assignment", "sha256", "size", "created_at"]
 
 
-class AssignmentResultApi(NodeApiView):
-    parser_classes = [MultiPartParser, FormParser]
+class AssignmentResultApi(UploadCapMixin, NodeApiView):
+    parser_classes = [MultiPartParser, CappedFormParser]
+
+    def upload_cap(self, request: Request, **kwargs: Any) -> UploadCap:
+        """The artifact streams under its kind's cap (HASHWORK_ARTIFACT_LIMITS, else the kind's own, the rule
+        result_submit checks too); another node's assignment is a 404 before a byte of the body is read."""
+        assignment = selectors.assignment_get_for_node(assignment_id=kwargs["assignment_id"], node=request.auth)
+        kind = assignment.task.job.kind
+        limit = settings.HASHWORK["ARTIFACT_LIMITS"].get(kind) or kinds.get(kind).artifact_max_bytes
+        return UploadCap(limit, f"A {kind} result")
 
     @extend_schema(
         operation_id="assignments_result_create",
         request={"multipart/form-data": ResultSubmitInputSerializer},
-        responses={201: ResultOutputNodeSerializer, **error_responses(400, 401, 404, 409)},
+        responses={201: ResultOutputNodeSerializer, **error_responses(400, 401, 404, 409, 413)},
+        description="Upload the artifact of a running assignment with its sha256 and signature. The artifact streams "
+        "under its kind's size cap: past it the upload is refused with a 413 naming the cap, and nothing is kept.",
     )
     def post(self, request: Request, assignment_id: UUID) -> Response:
         # Ownership before validation: another node learns nothing, not even which fields are wrong.

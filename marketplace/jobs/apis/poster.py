@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +17,8 @@ from rest_framework.views import APIView
 from marketplace.api.errors import error_responses
 from marketplace.api.fields import TokenAmountField
 from marketplace.api.pagination import Pagination
+from marketplace.api.parsers import CappedFormParser
+from marketplace.core.uploads import UploadCap, UploadCapMixin
 from marketplace.jobs import kinds, selectors, services
 from marketplace.jobs.models import AssignmentState, Job, JobState, Result, Task
 
@@ -272,15 +275,23 @@ class JobAssetOutputSerializer(serializers.Serializer):  # type: ignore[type-arg
     sha256 = serializers.CharField()
 
 
-class JobAssetUploadApi(APIView):
-    parser_classes = [MultiPartParser, FormParser]
+class JobAssetUploadApi(UploadCapMixin, APIView):
+    parser_classes = [MultiPartParser, CappedFormParser]
+
+    def upload_cap(self, request: Request, **kwargs: Any) -> UploadCap:
+        """The file streams under the job's kind's asset cap. The caller is the request's user as Django knows
+        it: session authentication reads the body (its CSRF check) before DRF has set request.user. Another
+        poster's job is a 404 before a byte of the body is read."""
+        job = selectors.job_get(job_id=kwargs["job_id"], poster_id=request._request.user.pk)
+        return UploadCap(kinds.get(job.kind).asset_max_bytes, f"A {job.kind} job's asset")
 
     @extend_schema(
         operation_id="jobs_assets_create",
         request={"multipart/form-data": JobAssetUploadInputSerializer},
-        responses={201: JobAssetOutputSerializer, **error_responses(400, 401, 404, 409)},
+        responses={201: JobAssetOutputSerializer, **error_responses(400, 401, 404, 409, 413)},
         description="Upload a file the job's spec refers to (a render job's glTF model) while the job is a draft. "
-        "A job that needs assets starts only once they are all uploaded.",
+        "A job that needs assets starts only once they are all uploaded. The file streams under the kind's asset "
+        "cap: past it the upload is refused with a 413 naming the cap, and nothing is kept.",
     )
     def post(self, request: Request, job_id: UUID) -> Response:
         selectors.job_get(job_id=job_id, poster_id=request.user.pk)

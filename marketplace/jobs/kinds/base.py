@@ -112,6 +112,11 @@ class ReplicatedKind(Kind, Generic[V]):
         """How a rejected value differs from an accepted one (empty: nothing more to say than "differs")."""
         return ""
 
+    def result_discard(self, result: Any) -> None:
+        """Free what result_value left behind for `result` (files unpacked from its artifact): called once a verdict
+        rejected or cancelled it, and once its job's output is built. Nothing by default."""
+        return None
+
 
 class SpotCheckedKind(ReplicatedKind[V]):
     """A replicated kind that can check one replica without another: trusted nodes' work gets adaptive

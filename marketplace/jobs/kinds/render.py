@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 import secrets
 import shutil
+import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,14 @@ from protocol import RenderPayload
 
 MAX_CHUNK_SIZE = 256
 MAX_UNPACKED_BYTES = 2 * 2**30
+# Per pixel of an image, over every pass stored raw: rgb 3, instance/category/depth 2 each, normals 6.
+BYTES_PER_PIXEL = 15
+# A member may unpack to at most MAX_RATIO × its compressed bytes once past MAX_RATIO_FLOOR bytes: honest PNGs
+# are compressed already (≈1×), JSON ≈5–10×; deflate reaches ≈1000× only on data made to be a bomb.
+MAX_RATIO = 200
+MAX_RATIO_FLOOR = 2**20
+# Honest names are like "instance/00000012.png"; a long one could only fail as a file name here.
+MAX_NAME = 128
 
 
 @dataclass(frozen=True)
@@ -58,37 +69,175 @@ def _unpacked_dir(result: Any) -> Path:
     return Path(settings.MEDIA_ROOT) / "unpacked" / str(result.id)
 
 
+@dataclass(frozen=True)
+class ZipLimits:
+    """What a chunk's zip may hold, from its task: entries, central directory bytes, bytes unpacked (in all and
+    per member)."""
+
+    entries: int
+    directory_bytes: int
+    unpacked_bytes: int
+    member_bytes: int
+
+
+def zip_limits(payload: dict[str, Any]) -> ZipLimits:
+    """Bounds for the zip of a task's chunk (payload: spec, start, count). An honest chunk holds, per image, one
+    PNG per pass and a metadata JSON, plus chunk.json and annotations.json: entries are capped at twice that,
+    plus a few; a PNG is at most its raw pixels (15 bytes a pixel over every pass) and the JSON files a few
+    hundred kilobytes an image, so twice that is the cap on bytes unpacked, never above MAX_UNPACKED_BYTES. One
+    member is at most the larger of a 16-bit RGB PNG stored raw and 1 MiB of JSON per image: the verifier loads a
+    JSON file whole."""
+    from synthetic.chunk import PASS_DIRS
+
+    output = payload.get("spec", {}).get("output", {})
+    width, height = output.get("resolution", (8192, 8192))
+    images = int(payload.get("count", MAX_CHUNK_SIZE))
+    entries = images * (len(PASS_DIRS) + 1) * 2 + 16
+    per_image = width * height * BYTES_PER_PIXEL + 2**20
+    # A stored PNG: 6 bytes a pixel, a filter byte a row, a few bytes per deflate block and chunk.
+    png = width * height * 6 * 102 // 100 + height + 2**16
+    return ZipLimits(
+        entries=entries,
+        directory_bytes=entries * 512,
+        unpacked_bytes=min(MAX_UNPACKED_BYTES, 2 * images * per_image + 16 * 2**20),
+        member_bytes=max(png, (images + 1) * 2**20),
+    )
+
+
+def _zip_check(handle: Any, limits: ZipLimits) -> None:
+    """Refuse, from the end-of-central-directory record alone, a zip with more entries or a bigger central
+    directory than `limits` allow: zipfile would otherwise read all of it into memory (millions of entries:
+    gigabytes) before any other check could run."""
+    # zipfile's own reader of that record (zip64 included): private, but the one ZipFile itself uses.
+    end = zipfile._EndRecData(handle)  # type: ignore[attr-defined]
+    if end is None:
+        raise ValueError("the artifact is not a zip file (no end-of-central-directory record)")
+    entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if entries > limits.entries or directory > limits.directory_bytes:
+        raise ValueError(
+            f"the archive declares {entries} entries in a {directory}-byte directory; a chunk has at most "
+            f"{limits.entries} entries ({limits.directory_bytes} bytes)"
+        )
+    handle.seek(0)
+
+
+def _members_check(archive: zipfile.ZipFile, limits: ZipLimits) -> None:
+    members = archive.infolist()
+    if len(members) > limits.entries:
+        raise ValueError(f"the archive holds {len(members)} entries; a chunk has at most {limits.entries}")
+    total = 0
+    for member in members:
+        name = Path(member.filename)
+        if len(member.filename) > MAX_NAME or name.is_absolute() or ".." in name.parts or "\\" in member.filename:
+            raise ValueError(f"the archive holds a path outside the chunk (or too long): {member.filename[:100]!r}")
+        if stat.S_ISLNK(member.external_attr >> 16):
+            raise ValueError(f"the archive holds a symbolic link: {member.filename[:100]!r}")
+        if member.file_size > MAX_RATIO_FLOOR and member.file_size > MAX_RATIO * member.compress_size:
+            raise ValueError(
+                f"{member.filename[:100]!r} unpacks {member.file_size} bytes from {member.compress_size}: "
+                f"more than {MAX_RATIO}× (a zip bomb)"
+            )
+        if member.file_size > limits.member_bytes:
+            raise ValueError(
+                f"{member.filename[:100]!r} unpacks to {member.file_size} bytes; a chunk's files are at most "
+                f"{limits.member_bytes}"
+            )
+        total += member.file_size
+        if total > limits.unpacked_bytes:
+            raise ValueError(f"the archive unpacks to more than {limits.unpacked_bytes} bytes, more than a chunk")
+
+
+# What a broken or hostile zip raises inside zipfile besides BadZipFile (RuntimeError: an encrypted member): its
+# data is the node's, so these are the node's errors, a malformed result.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+    UnicodeDecodeError,
+)
+
+
 def chunk_unpack(result: Any) -> Path:
-    """The result's chunk, unpacked once under MEDIA_ROOT/unpacked/ (safely: no path may leave the folder)."""
+    """The result's chunk, unpacked once under MEDIA_ROOT/unpacked/<result id> (idempotent), within the bounds of
+    its task (`zip_limits`): entries counted before the central directory is read, each member's compression
+    ratio and the total unpacked capped, no path leaving the folder, no symbolic link. A malformed or hostile
+    zip is a ValueError naming the problem; the marketplace's own trouble (its storage, a full disk) is not."""
+    from marketplace.jobs.faults import RESOURCE_ERRNOS, VerifierUnavailable
+
     target = _unpacked_dir(result)
     if (target / "chunk.json").exists():
         return target
-    partial = target.with_suffix(".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    limits = zip_limits(result.assignment.task.payload)
     try:
-        with result.artifact.open("rb") as handle, zipfile.ZipFile(handle) as archive:
-            total = 0
-            for member in archive.infolist():
-                name = Path(member.filename)
-                if name.is_absolute() or ".." in name.parts:
-                    raise ValueError(f"the archive holds a path outside the chunk: {member.filename}")
-                total += member.file_size
-                if total > MAX_UNPACKED_BYTES:
-                    raise ValueError("the archive unpacks to more than 2 GiB")
-            archive.extractall(partial)
-    except (zipfile.BadZipFile, OSError) as exc:
+        handle = result.artifact.open("rb")
+    except OSError as exc:
+        raise VerifierUnavailable(f"the artifact of result {result.id} cannot be read from storage ({exc})") from exc
+    # A folder of its own: two verify runs unpacking the same result never write into each other's.
+    partial = target.with_name(f"{target.name}.partial-{secrets.token_hex(4)}")
+    try:
+        partial.mkdir(parents=True)
+        with handle:
+            _zip_check(handle, limits)
+            with zipfile.ZipFile(handle) as archive:
+                _members_check(archive, limits)
+                archive.extractall(partial)
+        if not (partial / "chunk.json").is_file():
+            raise ValueError("the archive has no chunk.json: not a rendered chunk")
+        try:
+            partial.rename(target)
+        except OSError:
+            if not (target / "chunk.json").exists():
+                raise
+            # Another verify run unpacked the same result first: its folder holds the same chunk.
+    except _ZIP_ERRORS as exc:
+        raise ValueError(f"the artifact is not a zip of a rendered chunk ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRNOS:
+            raise  # the marketplace's disk: not the node's fault
+        # A name that cannot be a file here, a file where the archive wants a folder, a seek to nowhere.
+        raise ValueError(f"the archive cannot be unpacked as a chunk ({type(exc).__name__}: {exc})") from exc
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError(f"the artifact is not a zip of a rendered chunk ({exc})") from exc
-    except ValueError:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if not (partial / "chunk.json").exists():
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError("the archive has no chunk.json: not a rendered chunk")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
     return target
+
+
+def chunk_discard(result: Any) -> None:
+    """Remove what chunk_unpack left of a result (chunk_unpack makes it again from the artifact if asked)."""
+    target = _unpacked_dir(result)
+    shutil.rmtree(target, ignore_errors=True)
+    for partial in target.parent.glob(f"{target.name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def manifest_check(root: Path, payload: dict[str, Any]) -> None:
+    """The chunk's manifest must describe its task: same images (start, count), the spec's resolution, passes and
+    digest; ValueError naming the first difference. The verifier bounds every image by that resolution."""
+    from synthetic import validate_spec
+    from synthetic.chunk import MANIFEST, read_json
+    from synthetic.schema import SchemaError, check_manifest, short
+
+    try:
+        manifest = check_manifest(read_json(root / MANIFEST))
+    except (OSError, SchemaError) as exc:
+        raise ValueError(f"{MANIFEST}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{MANIFEST} is not JSON ({exc})") from None
+    spec = validate_spec(payload["spec"])
+    expected = {
+        "start": payload["start"],
+        "count": payload["count"],
+        "resolution": list(spec.output.resolution),
+        "passes": list(spec.output.passes),
+        "spec_digest": spec.digest(),
+    }
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise ValueError(f"{MANIFEST} has {key} {short(manifest.get(key))}; the task's is {short(value)}")
 
 
 def assets_dir(job: Any) -> Path:
@@ -145,7 +294,14 @@ class RenderKind(SpotCheckedKind[Path]):
         ]
 
     def result_value(self, result: Any) -> Path:
-        return chunk_unpack(result)
+        """The unpacked chunk, once its zip is within its task's bounds and its manifest describes its task."""
+        root = chunk_unpack(result)
+        manifest_check(root, result.assignment.task.payload)
+        return root
+
+    def result_discard(self, result: Any) -> None:
+        """Free the disk result_value used (the unpacked chunk): after a rejection, or once the job is merged."""
+        chunk_discard(result)
 
     def agree(self, a: Path, b: Path) -> bool:
         """Two replicas of one chunk agree: identical labels, RGB within synthetic's PSNR rule."""
@@ -163,10 +319,17 @@ class RenderKind(SpotCheckedKind[Path]):
         """Re-render one random image of the chunk here in full (path-traced with the job's samples, every pass)
         and require its labels to match exactly and its RGB to pass the replicas' PSNR rule: the only replica of
         a trusted node's task is checked on what it is paid for, so a lazy (fewer-samples) render fails."""
+        from marketplace.jobs.faults import VerifierUnavailable
+        from synthetic import RenderError
         from synthetic import spot_check as rerender
 
         index = task.payload["start"] + secrets.randbelow(task.payload["count"])
-        verdict = rerender(task.payload["spec"], value, index, asset_dir=assets_dir(task.job), full=True)
+        try:
+            verdict = rerender(task.payload["spec"], value, index, asset_dir=assets_dir(task.job), full=True)
+        except RenderError as exc:
+            # The re-render is the marketplace's own (the task's spec and assets, never the chunk): its failure
+            # says nothing about the replica.
+            raise VerifierUnavailable(f"the spot-check re-render of image {index} failed: {exc}") from exc
         if not verdict.ok:
             return False, "; ".join(verdict.reasons[:3])
         scores = ", ".join(f"{db:.1f} dB" if db != float("inf") else "identical" for db in verdict.psnr_db.values())

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import redis
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
@@ -17,11 +18,17 @@ from django.utils import timezone
 from marketplace.core.enqueue import enqueue, schedule_request
 from marketplace.core.exceptions import Conflict, ValidationFailed
 from marketplace.core.queues import TaskName
-from marketplace.jobs import dispatch, kinds, selectors, signing
+from marketplace.core.redis_admin import once_per
+from marketplace.jobs import delivery, dispatch, kinds, selectors, signing
 from marketplace.jobs.models import Assignment, AssignmentState, Result, Task, TaskState
 from marketplace.nodes.models import Node
+from marketplace.nodes.services import node_broker_restore
+from protocol import BrokerHealth
 
 logger = logging.getLogger(__name__)
+
+# A node whose worker cannot log in asks at every heartbeat; its user is made again at most this often.
+BROKER_RESTORE_EVERY_SECONDS = 5
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SIGNATURE_RE = re.compile(r"^0x[0-9a-fA-F]{130}$")
@@ -151,10 +158,13 @@ def node_heartbeat(
     accepting: bool = True,
     running: list[UUID] | None = None,
     progress: dict[UUID, tuple[int, int]] | None = None,
+    broker: BrokerHealth | None = None,
 ) -> Heartbeat:
     """Record that `node` is alive, with what it reports; extend the leases it is running. The reply names
     the reported assignments it no longer holds (cancelled, expired), so the agent can stop them. `progress`
-    maps running assignments to (done, total) as their runners report it."""
+    maps running assignments to (done, total) as their runners report it. A `broker` report that is not ok (the
+    worker cannot reach Redis) takes the node off the scheduler until one is ok again, hands back its unstarted
+    leases without penalty and makes its broker user again (a Redis restart loses them)."""
     if not 0 <= free_slots <= node.slots:
         raise ValidationFailed({"free_slots": [f"Must be between 0 and the node's {node.slots} slots."]})
     for assignment_id, (done, total) in (progress or {}).items():
@@ -166,13 +176,34 @@ def node_heartbeat(
     updates: dict[str, Any] = {"last_heartbeat": now, "accepting": accepting}
     if capabilities is not None:
         updates["capabilities"] = capabilities
+    # An agent too old to report its broker is taken as consuming, as before the report existed (and a node whose
+    # agent was downgraded is not left off the scheduler for good).
+    broker_ok = broker is None or broker.ok
+    updates.update(broker_ok=broker_ok, broker_error="" if broker is None or broker.ok else broker.error)
+    if not broker_ok:
+        updates["broker_failed_at"] = now
     Node.objects.filter(id=node.id).update(**updates)
     revoked = dispatch.leases_extend(node=node, assignment_ids=running or [], progress=progress)
+    if broker is not None and not broker.ok:
+        if node.broker_ok:
+            logger.warning("node %s: its worker does not consume: %s", node.id, broker.error or "no reason given")
+        delivery.node_leases_release(node_id=node.id)
+        _broker_restore(node=node)
     # Told once: the request is cleared by the heartbeat that carries it.
     withdraw = bool(
         Node.objects.filter(id=node.id, withdraw_requested_at__isnull=False).update(withdraw_requested_at=None)
     )
     node.refresh_from_db()
-    if accepting and free_slots > 0:
+    if accepting and free_slots > 0 and node.broker_ok:
         schedule_request()
     return Heartbeat(node=node, revoked=revoked, withdraw=withdraw)
+
+
+def _broker_restore(*, node: Node) -> None:
+    """Make the node's broker user again: the same stored hash, so the agent's own credentials work again and no
+    secret travels. Redis being down is no error of the heartbeat's (beat's broker_users_restore retries)."""
+    try:
+        if once_per(f"broker-restore:{node.id}", BROKER_RESTORE_EVERY_SECONDS):
+            node_broker_restore(node_id=node.id)
+    except redis.RedisError as exc:
+        logger.warning("node %s: its broker user cannot be made again now: %s", node.id, exc)

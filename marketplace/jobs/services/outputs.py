@@ -40,13 +40,34 @@ def _previews(*, job: Job, archive: Path, count: int) -> list[str]:
     return names
 
 
+def job_results_discard(*, job: Job) -> None:
+    """Free what verifying and merging a job used (a render kind's unpacked chunks) for all of its results: once
+    its output is built nothing reads them again (a late verify unpacks what it needs from the artifact)."""
+    discard = getattr(kinds.replicated(job.kind), "result_discard", None)
+    if discard is None:
+        return
+    for result in Result.objects.filter(assignment__task__job=job).only("id"):
+        discard(result)
+
+
 def job_output_build(*, job_id: UUID) -> JobOutput | None:
-    """Merge a completed render job's accepted chunks (one replica per task) into its dataset. Idempotent."""
+    """Merge a completed render job's accepted chunks (one replica per task) into its dataset, then free its
+    results' unpacked chunks (`job_results_discard`). Idempotent: a repeated run only frees them again."""
+    job = Job.objects.filter(id=job_id, state=JobState.COMPLETED).first()
+    if job is None:
+        return None
+    if JobOutput.objects.filter(job=job).exists():
+        job_results_discard(job=job)
+        return None
+    output = _output_build(job=job)
+    job_results_discard(job=job)
+    return output
+
+
+def _output_build(*, job: Job) -> JobOutput:
     from synthetic import merge
 
-    job = Job.objects.filter(id=job_id, state=JobState.COMPLETED).first()
-    if job is None or JobOutput.objects.filter(job=job).exists():
-        return None
+    job_id = job.id
     kind = kinds.replicated(job.kind)
     chunks = []
     for task in job.tasks.order_by("index"):
@@ -69,6 +90,7 @@ def job_output_build(*, job_id: UUID) -> JobOutput | None:
             with transaction.atomic():
                 output.save()
         except IntegrityError:
+            output.file.delete(save=False)  # a concurrent merge (a duplicate delivery) won: drop this copy
             return JobOutput.objects.get(job=job)
     logger.info("job %s: dataset merged (%s)", job_id, summary)
     return output

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -21,6 +22,7 @@ from web3 import Web3
 from contracts.bindings import JobEscrow
 from contracts.bindings import Payout as ChainPayout
 from contracts.errors import ContractRevert, TransactionFailed
+from contracts.logs import in_ranges
 from marketplace.jobs.models import JOB_TERMINAL, Assignment, AssignmentState, Job
 from marketplace.jobs.services import job_stranded_settle
 from marketplace.payments.models import (
@@ -133,14 +135,20 @@ def _settled(payouts: Iterable[Payout], *, tx_hash: str, block: int | None, trea
 def _release_tx_of(w3: Web3, escrow: JobEscrow, job_id: UUID, index: int, from_block: int) -> tuple[str, int | None]:
     """Which release() transaction paid payout `index` of a job: the PayoutsReleased events of the job, then
     each one's calldata (the per-payout detail lives only there)."""
-    events = escrow.contract.events.PayoutsReleased().get_logs(
-        from_block=from_block, argument_filters={"jobId": escrow_key(job_id)}
+    released = escrow.contract.events.PayoutsReleased()
+    of_job = {"jobId": escrow_key(job_id)}
+    windows = in_ranges(
+        lambda lo, hi: released.get_logs(from_block=lo, to_block=hi, argument_filters=of_job),
+        from_block=from_block,
+        to_block=w3.eth.block_number,
+        max_range=settings.LOG_BLOCK_RANGE,
     )
-    for event in events:
-        tx = w3.eth.get_transaction(event["transactionHash"])
-        _, args = escrow.contract.decode_function_input(tx["input"])
-        if index in args["payoutIndexes"]:
-            return "0x" + bytes(event["transactionHash"]).hex().removeprefix("0x"), event["blockNumber"]
+    for _lo, _hi, events in windows:
+        for event in events:
+            tx = w3.eth.get_transaction(event["transactionHash"])
+            _, args = escrow.contract.decode_function_input(tx["input"])
+            if index in args["payoutIndexes"]:
+                return "0x" + bytes(event["transactionHash"]).hex().removeprefix("0x"), event["blockNumber"]
     return "", None
 
 

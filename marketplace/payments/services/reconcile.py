@@ -10,9 +10,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from uuid import UUID
 
+from django.conf import settings
 from web3 import Web3
 
 from contracts.bindings import JobEscrow
+from contracts.logs import in_ranges
 from marketplace.payments.models import (
     EntryKind,
     LedgerEntry,
@@ -62,8 +64,15 @@ def reconcile(*, w3: Web3, escrow: JobEscrow, job_id: UUID | None = None, from_b
         ).values_list("kind", "account", "amount"):
             credited[Web3.to_checksum_address(account)] += int(amount)
         withdrawn: dict[str, int] = defaultdict(int)
-        for event in escrow.contract.events.Withdrawn().get_logs(from_block=from_block):
-            withdrawn[Web3.to_checksum_address(event["args"]["account"])] += event["args"]["amount"]
+        windows = in_ranges(
+            lambda lo, hi: escrow.contract.events.Withdrawn().get_logs(from_block=lo, to_block=hi),
+            from_block=from_block,
+            to_block=w3.eth.block_number,
+            max_range=settings.LOG_BLOCK_RANGE,
+        )
+        for _lo, _hi, events in windows:
+            for event in events:
+                withdrawn[Web3.to_checksum_address(event["args"]["account"])] += event["args"]["amount"]
         for account, total in sorted(credited.items()):
             if total - withdrawn[account] != escrow.credit_of(account):
                 mismatches.append(

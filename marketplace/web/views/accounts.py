@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render, resolve_url
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
+from rest_framework import serializers
 
 from marketplace.core.exceptions import ApplicationError
 from marketplace.payments import chain
@@ -22,6 +23,8 @@ from marketplace.web import forms, selectors, services, signin, siwe
 
 # A wallet-only account has no password, so the session names the backend that logged it in.
 _BACKEND = "django.contrib.auth.backends.ModelBackend"
+# A signed message with its signature is well under 5 KiB of JSON.
+SIWE_BODY_MAX_BYTES = 16 * 1024
 
 
 def signup(request: HttpRequest) -> HttpResponse:
@@ -66,13 +69,49 @@ def _message(request: HttpRequest, statement: str) -> JsonResponse:
     return JsonResponse({"message": message.text()})
 
 
-def _verified(request: HttpRequest, statement: str) -> tuple[str, dict[str, Any]] | JsonResponse:
-    """The address that signed the posted message and the posted body, or the 400 that says why not."""
+class SignedMessageInputSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """What a wallet posts: the message as the server issued it, its signature, and where to go next."""
+
+    message = serializers.CharField(max_length=siwe.MAX_MESSAGE_CHARS, trim_whitespace=False)
+    signature = serializers.RegexField(
+        siwe.SIGNATURE_RE, error_messages={"invalid": "Must be 0x and 130 hex digits (a 65-byte signature)."}
+    )
+    next = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=2000, default="")
+
+
+def _refused(message: str, status: int = 400, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": message, **extra}, status=status)
+
+
+def _signed_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
+    """The posted fields, each checked for its type and size; else the refusal naming the first bad field (a body
+    over SIWE_BODY_MAX_BYTES is not read at all)."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > SIWE_BODY_MAX_BYTES:
+        return _refused(f"The body is over {SIWE_BODY_MAX_BYTES} bytes: send the signed message only.", 413)
     try:
         body = json.loads(request.body or b"{}")
-        text, signature = str(body["message"]), str(body["signature"])
-    except (ValueError, KeyError, TypeError):
-        return JsonResponse({"error": "Send the signed message and its signature."}, status=400)
+    except ValueError:  # not JSON, or not UTF-8
+        return _refused("Send a JSON object with the signed message and its signature.")
+    if not isinstance(body, dict):
+        return _refused("Send a JSON object with the signed message and its signature.")
+    data = SignedMessageInputSerializer(data=body)
+    if not data.is_valid():
+        fields = {name: [str(e) for e in errors] for name, errors in data.errors.items()}
+        name, problems = next(iter(fields.items()))
+        return _refused(f"{name}: {problems[0]}", fields=fields)
+    return dict(data.validated_data)
+
+
+def _verified(request: HttpRequest, statement: str) -> tuple[str, dict[str, Any]] | JsonResponse:
+    """The address that signed the posted message and the posted fields, or the 400 that says why not."""
+    body = _signed_body(request)
+    if isinstance(body, JsonResponse):
+        return body
+    text, signature = body["message"], body["signature"]
     try:
         expected = siwe.Expected(
             domain=request.get_host(), uri=_origin(request), chain_id=signin.siwe_chain_id(), statement=statement
@@ -126,7 +165,7 @@ def siwe_login(request: HttpRequest) -> JsonResponse:
     except ApplicationError as exc:
         return JsonResponse({"error": exc.message}, status=exc.status)
     login(request, user, backend=_BACKEND)
-    next_url = str(body.get("next") or "")
+    next_url = body["next"] or ""
     if not url_has_allowed_host_and_scheme(next_url, {request.get_host()}, require_https=request.is_secure()):
         next_url = resolve_url(settings.LOGIN_REDIRECT_URL)
     if created:

@@ -129,8 +129,8 @@ def test_a_signature_over_other_bytes_is_refused(node: Any, assignment: Assignme
 def test_an_oversized_artifact_is_refused(node: Any, assignment: Assignment) -> None:
     Assignment.objects.filter(id=assignment.id).update(state=AssignmentState.RUNNING)
     response = _upload(node, assignment, data=b"x" * (64 * 1024 + 1))
-    assert response.status_code == 400
-    assert "at most" in response.json()["extra"]["fields"]["artifact"][0]
+    assert response.status_code == 413
+    assert "at most 65536 bytes" in response.json()["message"]
     assert not Result.objects.exists()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from marketplace.jobs import dispatch, kinds, verification
@@ -184,6 +184,27 @@ class TestLeases:
         assert Assignment.objects.get(id=second).node_id == other.id
         assert Assignment.objects.get(id=second).attempt == 2
         assert job.tasks.get().live_replicas == 1
+
+    def test_a_node_whose_replica_expired_may_take_the_task_again_but_never_holds_two_that_count(self) -> None:
+        # Two operators only (the fault suite's market after a web outage): without this the task waits forever
+        # for a third operator, because its first replica's expiry left its node unable to take it again.
+        job = _job(tasks=1, replication=2)
+        a, _ = _nodes(2)
+        first = dispatch.schedule()
+        assert len(first) == 2
+        lost = Assignment.objects.get(id__in=first, node=a)
+        Assignment.objects.filter(id=lost.id).update(start_by=timezone.now() - timedelta(seconds=1))
+        assert dispatch.assignments_expire() == 1
+        (again,) = dispatch.schedule()
+        retaken = Assignment.objects.get(id=again)
+        assert retaken.node_id == a.id
+        assert retaken.attempt == 3
+        assert dispatch.schedule() == []  # a live replica each: neither node gets a second one
+        assert Assignment.objects.filter(task__job=job, node=a).exclude(state=AssignmentState.EXPIRED).count() == 1
+        with pytest.raises(IntegrityError):
+            Assignment.objects.create(
+                task=retaken.task, node=a, attempt=4, start_by=timezone.now(), lease_expires_at=timezone.now()
+            )
 
     def test_a_running_lease_expires_unless_heartbeats_extend_it(self) -> None:
         _job(tasks=2, replication=1)

@@ -17,6 +17,7 @@ from contracts.units import tokens_format
 from marketplace.core.localstack import LocalStack, LocalStackError, PosterClient
 from marketplace.core.management import demo_steps as steps
 from marketplace.core.management.demo_steps import DEMO_OPERATORS, DEMO_PASSWORD, DEMO_POSTER
+from marketplace.core.pidlock import LockHeld, PidLock, pid_lock
 from marketplace.core.processes import ChildDied
 from marketplace.core.samples import SAMPLE_RENDER_JOB, SAMPLE_TRAIN_SPEC, sample_train_job
 
@@ -54,6 +55,26 @@ class Command(BaseCommand):
             raise CommandError(f"--port {port} is not a TCP port (1-65535).")
         if timeout <= 0:
             raise CommandError("--timeout must be a positive number of seconds.")
+        lock = self._lock()
+        try:
+            self._run(headless=headless, no_train=no_train, port=port, timeout=timeout)
+        finally:
+            lock.release()
+
+    def _lock(self) -> PidLock:
+        """The var/ directory's demo lock, held until the demo ends; a second demo there refuses to start."""
+        path = settings.VAR_DIR / "demo.lock"
+        try:
+            return pid_lock(path)
+        except LockHeld as held:
+            pid = held.pid if held.pid is not None else "(starting)"
+            raise CommandError(
+                f"Another demo (pid {pid}) is running in {settings.VAR_DIR}: a second one would share its database, "
+                f"chain state and Redis and break both. Stop it first (Ctrl-C in its terminal, or kill {pid}), or "
+                "run this one from another checkout or with HASHWORK_VAR_DIR set to another directory."
+            ) from None
+
+    def _run(self, *, headless: bool, no_train: bool, port: int, timeout: float) -> None:
         self.stack = LocalStack(settings.VAR_DIR, {"DJANGO_SETTINGS_MODULE": "marketplace.settings"})
         self.timeout = timeout
         self.summary: dict[str, Any] = {"completed": False}
@@ -188,7 +209,10 @@ class Command(BaseCommand):
             self.say(f"  MISMATCH {mismatch}", self.style.ERROR)
         record["settlement"] = {**asdict(settled), "reconciled": not settled.mismatches}
         if settled.mismatches:
-            raise CommandError("The ledger does not match the chain (see above).")
+            raise CommandError(
+                "The ledger does not match the chain (see above). If var/ was kept from an earlier chain, run "
+                "`make clean` and start again."
+            )
         self.say("The ledger matches the chain (payments reconcile).")
 
     def _write_summary(self) -> None:
