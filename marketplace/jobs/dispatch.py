@@ -35,7 +35,7 @@ from marketplace.jobs.models import (
 )
 from marketplace.jobs.transitions import job_transition, task_transition, tasks_transition
 from marketplace.nodes.models import Node
-from marketplace.nodes.selectors import nodes_online
+from marketplace.nodes.selectors import nodes_leasable
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def schedule(*, limit: int = 1000) -> list[UUID]:
     """Lease pending replicas to online nodes with room, the right capabilities and an acceptable price, each
     replica of a task to another operator and network, and little to nodes on probation; each kind's work to the
     nodes with the most reputation on it first."""
-    nodes = list(nodes_online().filter(accepting=True, busy_slots__lt=F("slots")))
+    nodes = list(nodes_leasable().filter(accepting=True, busy_slots__lt=F("slots")))
     if not nodes:
         return []
     tasks = list(
@@ -297,6 +297,17 @@ def work_stop(*, job_id: UUID, reason: str, group: int | None = None) -> None:
         Assignment.objects.filter(task__in=tasks, state__in=ASSIGNMENT_OPEN).values_list("id", flat=True)
     ):
         assignment_end(assignment_id=assignment_id, to=AssignmentState.CANCELLED, reason=reason)
+    if group is None:
+        # The job stopped and is never merged: free what verifying its results left (a render's unpacked chunks).
+        transaction.on_commit(lambda: _results_discard(job_id), robust=True)
+
+
+def _results_discard(job_id: UUID) -> None:
+    from marketplace.jobs.services.outputs import job_results_discard
+
+    job = Job.objects.filter(id=job_id).first()
+    if job is not None:
+        job_results_discard(job=job)
 
 
 def assignments_expire(*, now: datetime | None = None) -> int:

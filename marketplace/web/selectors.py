@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 from uuid import UUID
 
@@ -189,12 +190,22 @@ def render_seconds_per_work(*, limit: int = 30) -> list[float]:
     rates = []
     accepted = Result.objects.filter(assignment__task__job__kind="render", assignment__state=AssignmentState.ACCEPTED)
     for result in accepted.select_related("assignment__task").order_by("-created_at")[:limit]:
-        metrics, spec = result.metrics or {}, result.assignment.task.payload.get("spec") or {}
+        metrics = result.metrics if isinstance(result.metrics, dict) else {}
+        spec = result.assignment.task.payload.get("spec") or {}
         width, height = (spec.get("output") or {}).get("resolution") or [0, 0]
-        work = (metrics.get("images") or 0) * width * height * ((spec.get("output") or {}).get("samples") or 0)
-        if metrics.get("seconds") and work:
-            rates.append(float(metrics["seconds"]) / work)
+        # Node-reported figures count only as numbers (a string times a resolution would be a string, and a big one).
+        images, seconds = _number(metrics.get("images")), _number(metrics.get("seconds"))
+        work = images * width * height * ((spec.get("output") or {}).get("samples") or 0)
+        if seconds > 0 and work > 0:
+            rates.append(seconds / work)
     return rates
+
+
+def _number(value: object) -> float:
+    """A node-reported figure as a float; 0 for anything that is not a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return 0.0
+    return float(value)
 
 
 def train_round_seconds(*, limit: int = 20) -> list[float]:

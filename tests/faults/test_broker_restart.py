@@ -33,7 +33,7 @@ from marketplace.jobs.models import Assignment, AssignmentState, JobNodeBlock, T
 from marketplace.nodes import broker, services
 from marketplace.nodes import tasks as node_tasks
 from marketplace.nodes.models import Node
-from marketplace.nodes.selectors import nodes_online
+from marketplace.nodes.selectors import nodes_leasable, nodes_online
 from tests.adversarial.test_sybil_replication import benchmark_job
 from tests.e2e.stack import Stack
 from tests.factories import NodeFactory, UserFactory
@@ -202,7 +202,8 @@ def test_a_node_reporting_a_broken_broker_is_leased_nothing_loses_nothing_and_ge
     assert (node.expired_count, node.busy_slots) == (0, 0)
     assert Task.objects.get(id=first.id).lost_attempts == 0
     assert not JobNodeBlock.objects.filter(node=node).exists()
-    assert node not in nodes_online()
+    assert node in nodes_online()  # still online (it heartbeats), but not leasable
+    assert node not in nodes_leasable()
     assert dispatch.schedule() == []
     # Its user is made again: the agent's own credentials work, and no new secret was sent.
     assert _logs_in(rig)

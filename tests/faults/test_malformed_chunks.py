@@ -206,3 +206,19 @@ def test_after_the_merge_nothing_of_the_jobs_results_remains_unpacked(
     # A late verify of the completed task unpacks nothing again.
     assert verification.task_verify(task_id=task.id) == TaskState.COMPLETED
     assert list((media / "unpacked").iterdir()) == []
+
+
+def test_a_job_that_stops_unmerged_frees_its_results_unpacked_chunks(
+    tmp_path: Path, media: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    # A cancelled, failed or expired job is never merged: its accepted chunks must not stay unpacked forever.
+    task, (first, second, _) = _three_replicas()
+    honest = _honest(tmp_path, task)
+    for assignment_id in (first, second):
+        _submit(assignment_id, zip_bytes(honest))
+    with django_capture_on_commit_callbacks(execute=True):
+        verification.task_verify(task_id=task.id)
+    assert len(list((media / "unpacked").iterdir())) == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch.work_stop(job_id=task.job_id, reason="job cancelled")
+    assert list((media / "unpacked").iterdir()) == []

@@ -20,6 +20,8 @@ from marketplace.jobs import kinds, selectors, services
 from marketplace.jobs.apis.poster import ProgressOutputSerializer
 from marketplace.jobs.models import Assignment, Result
 from marketplace.nodes.authentication import NodeApiView
+from protocol.base import ProtocolError
+from protocol.metrics import metrics_check
 
 
 class AssignmentOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
@@ -63,9 +65,11 @@ class ResultSubmitInputSerializer(serializers.Serializer):  # type: ignore[type-
     metrics = serializers.JSONField(binary=True, required=False, default=dict)
 
     def validate_metrics(self, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Must be a JSON object.")
-        return value
+        """A flat object of short names and finite numbers or short strings (protocol.metrics)."""
+        try:
+            return metrics_check(value)
+        except ProtocolError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]

@@ -43,7 +43,8 @@ def _previews(*, job: Job, archive: Path, count: int) -> list[str]:
 def job_results_discard(*, job: Job) -> None:
     """Free what verifying and merging a job used (a render kind's unpacked chunks) for all of its results: once
     its output is built nothing reads them again (a late verify unpacks what it needs from the artifact)."""
-    discard = getattr(kinds.replicated(job.kind), "result_discard", None)
+    kind = kinds.get(job.kind)
+    discard = getattr(kind, "result_discard", None) if isinstance(kind, kinds.ReplicatedKind) else None
     if discard is None:
         return
     for result in Result.objects.filter(assignment__task__job=job).only("id"):

@@ -92,6 +92,13 @@ def test_a_running_assignment_takes_a_result_once(node: Any, assignment: Assignm
         ({"signature": ""}, "signature"),
         ({"metrics": "[1, 2]"}, "metrics"),
         ({"metrics": "{oops"}, "metrics"),
+        # Node-reported figures the marketplace computes with: flat, finite, short (protocol.metrics).
+        ({"metrics": json.dumps({"images": {"nested": 1}})}, "metrics"),
+        ({"metrics": json.dumps({"seconds": [1, 2]})}, "metrics"),
+        ({"metrics": '{"seconds": NaN}'}, "metrics"),
+        ({"metrics": json.dumps({"images": 10**40})}, "metrics"),
+        ({"metrics": json.dumps({"device": "x" * 257})}, "metrics"),
+        ({"metrics": json.dumps({f"k{i}": 1 for i in range(65)})}, "metrics"),
         ({"artifact": "not a file"}, "artifact"),
     ],
 )
