@@ -69,3 +69,6 @@ urlpatterns = [
     path("healthz/", healthz, name="healthz"),
     path("api/", include(api)),
 ]
+
+# A path under /api/ that matches no endpoint answers JSON in the API's error shape.
+handler404 = "marketplace.api.errors.page_not_found"

@@ -3,8 +3,10 @@ loss a task whose worker is OOM- or SIGKILLed is delivered again at once, foreve
 memory bomb, a replay that never ends) would take a worker down again and again. So every delivery of a work
 item (a task name with the arguments that identify its item) is counted in Redis:
 
-- a delivery that starts sets a running marker (the worker's pid, until the queue's time limit has passed) and
-  adds one to the item's count; one that finishes clears both;
+- a delivery that starts sets a running marker (the worker's pid) and adds one to the item's count; one that
+  finishes clears both. The marker lives RUNNING_TTL_SECONDS and a thread of the running delivery renews it, so a
+  delivery whose worker was killed (even its master, whose unacknowledged message Redis returns only after the
+  visibility timeout) stops counting as running within that time, and the work sweep can queue its item again;
 - once MAX_DELIVERIES deliveries have started without finishing (killed, timed out or raised), the next one
   does not run the item: it logs an error with the ids, calls the item's `on_poisoned` (a job that cannot be
   split or whose round cannot be closed fails, with the reason; a verification rejects nothing) and marks the
@@ -19,10 +21,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from marketplace.core.queues import TaskName, time_limits
+from marketplace.core.queues import TaskName
 from marketplace.core.redis_admin import admin_client, prefixed
 
 logger = logging.getLogger(__name__)
@@ -31,8 +34,9 @@ MAX_DELIVERIES = 3
 POISON_SECONDS = 3600
 # A count that is never finished nor poisoned (its item vanished) is forgotten after a day.
 COUNT_SECONDS = 86_400
-# A running marker outlives the task's hard time limit by this much (then the task is surely gone).
-RUNNING_GRACE_SECONDS = 30
+# A running marker lives this long unless its delivery, still running, renews it every RUNNING_RENEW_SECONDS.
+RUNNING_TTL_SECONDS = 30
+RUNNING_RENEW_SECONDS = 10
 
 POISONED = "poisoned"
 
@@ -66,7 +70,6 @@ def bounded(
     """Wrap a Celery task body so that its item (the first `identity` arguments, all by default) is run at most
     MAX_DELIVERIES times without finishing, then poisoned as the module says; a dropped delivery returns
     POISONED."""
-    hard_limit = time_limits(name)["time_limit"] + RUNNING_GRACE_SECONDS
 
     def wrap(func: F) -> F:
         @functools.wraps(func)
@@ -91,15 +94,28 @@ def bounded(
                 if on_poisoned is not None:
                     on_poisoned(*args)
                 return POISONED
-            redis.set(f"{stem}:running", os.getpid(), ex=hard_limit)
+            redis.set(f"{stem}:running", os.getpid(), ex=RUNNING_TTL_SECONDS)
+            done = threading.Event()
+            threading.Thread(target=_renew, args=(f"{stem}:running", done), daemon=True).start()
             try:
                 result = func(*args)
             except BaseException:
+                done.set()
                 redis.delete(f"{stem}:running")
                 raise
+            done.set()
             redis.delete(f"{stem}:running", f"{stem}:count")
             return result
 
         return run  # type: ignore[return-value]
 
     return wrap
+
+
+def _renew(key: str, done: threading.Event) -> None:
+    """Keep a running delivery's marker alive until it ends; a killed worker stops renewing it."""
+    while not done.wait(RUNNING_RENEW_SECONDS):
+        try:
+            admin_client().expire(key, RUNNING_TTL_SECONDS, xx=True)
+        except Exception:  # Redis away for a moment: the next renewal tries again
+            logger.debug("could not renew %s", key, exc_info=True)

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.api.errors import ERRORS, ErrorSerializer
-from marketplace.api.pagination import Pagination
+from marketplace.api.pagination import Pagination, paginated
 from marketplace.core.enqueue import schedule_request
 from marketplace.jobs import dispatch
 from marketplace.jobs.models import Assignment
@@ -275,7 +275,7 @@ class NodeAssignmentOutputSerializer(serializers.ModelSerializer):  # type: igno
 class NodeAssignmentListApi(NodeApiView):
     @extend_schema(
         operation_id="nodes_me_assignments_list",
-        responses={200: NodeAssignmentOutputSerializer(many=True), 401: ERRORS[401]},
+        responses={200: paginated(NodeAssignmentOutputSerializer, "NodeAssignment"), 401: ERRORS[401]},
         description="This node's assignments, newest first.",
     )
     def get(self, request: Request) -> Response:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -261,3 +264,33 @@ def test_a_verify_that_kills_its_worker_is_dropped_after_three_deliveries_and_re
     assert sweep.work_sweep(now=timezone.now() + LATER)["verify"] == 0
     # … and it is still due: the hour after, it gets one more try.
     assert UUID(str(task.id)) in sweep.verifies_due(now=timezone.now() + LATER)
+
+
+def test_a_running_marker_lives_while_its_delivery_runs_and_lapses_soon_after_its_worker_is_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sweep leaves a running item alone; a marker that outlived its killed worker would hide the item from the
+    # sweep (found by tests/faults/test_process_kills.py[worker]: a verify stuck for the queue's whole time limit).
+    monkeypatch.setattr(deliveries, "RUNNING_TTL_SECONDS", 1)
+    monkeypatch.setattr(deliveries, "RUNNING_RENEW_SECONDS", 0.2)
+
+    @deliveries.bounded(TaskName.TASK_VERIFY)
+    def verify(task_id: str) -> str:
+        time.sleep(2.5 if task_id == "slow" else 60)
+        return "ok"
+
+    seen: list[bool] = []
+    checker = threading.Timer(2.0, lambda: seen.append(deliveries.running(TaskName.TASK_VERIFY, "slow")))
+    checker.start()
+    assert verify("slow") == "ok"
+    checker.join()
+    assert seen == [True]  # renewed past its 1 s life while it ran
+    assert not deliveries.running(TaskName.TASK_VERIFY, "slow")
+
+    child = multiprocessing.get_context("fork").Process(target=verify, args=("killed",))
+    child.start()
+    wait_for(lambda: deliveries.running(TaskName.TASK_VERIFY, "killed"), timeout=10, what="the delivery to start")
+    os.kill(child.pid or 0, signal.SIGKILL)
+    child.join()
+    wait_for(lambda: not deliveries.running(TaskName.TASK_VERIFY, "killed"), timeout=3, what="the marker to lapse")
+    assert deliveries.deliveries(TaskName.TASK_VERIFY, "killed") == 1  # it still counts as a delivery not finished

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from marketplace.api.errors import error_responses
 from marketplace.api.fields import TokenAmountField
-from marketplace.api.pagination import Pagination
+from marketplace.api.pagination import Pagination, paginated
 from marketplace.api.parsers import CappedFormParser
 from marketplace.core.uploads import UploadCap, UploadCapMixin
 from marketplace.jobs import kinds, selectors, services
@@ -85,7 +85,7 @@ class JobListApi(APIView):
             OpenApiParameter("state", str, enum=[s.value for s in JobState]),
             OpenApiParameter("kind", str, enum=kinds.names()),
         ],
-        responses={200: JobOutputSerializer(many=True), **error_responses(401)},
+        responses={200: paginated(JobOutputSerializer, "Job"), **error_responses(401)},
     )
     def get(self, request: Request) -> Response:
         jobs = selectors.job_list(
@@ -195,7 +195,8 @@ class TaskOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-ar
 
 class JobTaskListApi(APIView):
     @extend_schema(
-        operation_id="jobs_tasks_list", responses={200: TaskOutputSerializer(many=True), **error_responses(401, 404)}
+        operation_id="jobs_tasks_list",
+        responses={200: paginated(TaskOutputSerializer, "Task"), **error_responses(401, 404)},
     )
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
@@ -236,7 +237,7 @@ class ResultOutputSerializer(serializers.ModelSerializer):  # type: ignore[type-
 class JobResultListApi(APIView):
     @extend_schema(
         operation_id="jobs_results_list",
-        responses={200: ResultOutputSerializer(many=True), **error_responses(401, 404)},
+        responses={200: paginated(ResultOutputSerializer, "Result"), **error_responses(401, 404)},
     )
     def get(self, request: Request, job_id: UUID) -> Response:
         job = selectors.job_get(job_id=job_id, poster_id=request.user.pk)
