@@ -170,6 +170,7 @@ class Agent:
         except ProtocolError as exc:
             self.say(f"The marketplace's heartbeat reply cannot be read: {exc}. Is the URL a Hashwork marketplace?")
             return 1
+        self.leftovers_release()
         self.start_worker()
         self.say("Running; Ctrl-C or SIGTERM stops it and hands running work back.")
         code = 0
@@ -185,6 +186,19 @@ class Agent:
                 logger.warning("heartbeat failed: %s", exc)
         self.shutdown()
         return code
+
+    def leftovers_release(self) -> None:
+        """A starting agent runs nothing, so whatever the marketplace still counts as this node's (a previous run
+        that crashed or was killed) is handed back now: released at once for other nodes (or this one) instead of
+        expiring against the node, which would also block it from those jobs. A failure here only leaves them to
+        their leases."""
+        try:
+            released = self.client.release_all(accepting=self.accepting())
+        except (ApiError, TransientError, ProtocolError, KeyError, ValueError) as exc:
+            logger.warning("could not hand back what a previous run left: %s", exc)
+            return
+        if released:
+            self.say(f"  handed back {released} assignment(s) a previous run left unfinished")
 
     def shutdown(self) -> None:
         """Hand everything back first (so nothing a dying runner reports counts against us), then stop."""
