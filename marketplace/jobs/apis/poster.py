@@ -78,6 +78,11 @@ class JobCreateInputSerializer(serializers.Serializer):  # type: ignore[type-arg
     deadline = serializers.DateTimeField(required=False, help_text="Defaults to a week from now.")
 
 
+class JobListFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    state = serializers.ChoiceField(choices=[s.value for s in JobState], required=False)
+    kind = serializers.ChoiceField(choices=kinds.names(), required=False)
+
+
 class JobListApi(APIView):
     @extend_schema(
         operation_id="jobs_list",
@@ -85,13 +90,15 @@ class JobListApi(APIView):
             OpenApiParameter("state", str, enum=[s.value for s in JobState]),
             OpenApiParameter("kind", str, enum=kinds.names()),
         ],
-        responses={200: paginated(JobOutputSerializer, "Job"), **error_responses(401)},
+        responses={200: paginated(JobOutputSerializer, "Job"), **error_responses(400, 401)},
     )
     def get(self, request: Request) -> Response:
+        filters = JobListFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)  # an unknown state or kind is a 400 naming it, not an empty page
         jobs = selectors.job_list(
             poster_id=request.user.pk,
-            state=request.query_params.get("state"),
-            kind=request.query_params.get("kind"),
+            state=filters.validated_data.get("state"),
+            kind=filters.validated_data.get("kind"),
         )
         paginator = Pagination()
         page = paginator.paginate_queryset(jobs, request, view=self)

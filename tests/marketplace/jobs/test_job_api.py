@@ -136,6 +136,14 @@ def test_the_job_list_filters_by_state(poster: Any) -> None:
     assert [j["id"] for j in listing["results"]] == [str(running.id)]
 
 
+def test_an_unknown_state_or_kind_filter_is_a_400_naming_it_not_an_empty_page(poster: Any) -> None:
+    JobFactory(poster=poster.user, state=JobState.RUNNING)
+    reply = poster.client.get("/api/jobs/?state=bogus&kind=.exe")
+    assert reply.status_code == 400
+    assert set(reply.json()["extra"]["fields"]) == {"state", "kind"}
+    assert poster.client.get("/api/jobs/?state=running&kind=benchmark").json()["count"] == 1
+
+
 def test_cancelling_a_running_job_revokes_its_pending_work(poster: Any) -> None:
     job = JobFactory(poster=poster.user, state=JobState.RUNNING)
     done = TaskFactory(job=job, state=TaskState.COMPLETED)
