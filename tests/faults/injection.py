@@ -13,6 +13,8 @@ twice (`Outcome.problems`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ import psycopg
 import requests
 
 from marketplace.core import embedded_redis
+from marketplace.core.processes import die_with_parent
 from tests.e2e.stack import ROOT, Stack
 from tests.faults.postgres import PrivatePostgres
 
@@ -143,13 +146,15 @@ class Market:
             process = subprocess.Popen(
                 [str(embedded_redis.binary_path()), str(directory / "valkey.conf")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
             deadline = time.monotonic() + 15
             while not embedded_redis.ping(self.redis.port, self.redis.password, timeout=0.5):
                 assert time.monotonic() < deadline, "the restarted Redis does not answer"
                 time.sleep(0.05)
             self.redis = embedded_redis.EmbeddedRedis(process.pid, self.redis.port, self.redis.password, str(directory))
+            # Recorded where the stack looks for it, so that stopping the stack stops this server too.
+            (directory / embedded_redis.STATE_FILE).write_text(json.dumps(dataclasses.asdict(self.redis)))
 
         return start
 
