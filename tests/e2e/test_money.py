@@ -144,6 +144,7 @@ def test_an_under_funded_job_never_dispatches_until_it_is_topped_up(stack: Stack
     job_id = reply.json()["id"]
     key = stack.escrow_fund(job_id, PRICE)  # needs 2 × (1 + 0.025)
     wait_for(lambda: _reconciled(stack), timeout=30, what="the deposit to be recorded")
+    wait_for(lambda: stack.job(job_id)["state_reason"], timeout=30, what="the deposit to be judged")
     job = stack.job(job_id)
     assert job["state"] == "draft"
     assert "Top it up with the difference" in job["state_reason"]

@@ -17,6 +17,7 @@ from contracts.bindings import JobEscrow
 from contracts.logs import in_ranges
 from marketplace.payments.models import (
     EntryKind,
+    JobSettlement,
     LedgerEntry,
 )
 from marketplace.payments.services.escrow import escrow_key
@@ -43,6 +44,10 @@ def reconcile(*, w3: Web3, escrow: JobEscrow, job_id: UUID | None = None, from_b
     for job, kind, amount in entries.values_list("job_id", "kind", "amount"):
         sums[(job, kind)] += int(amount)
     jobs = {job for job, _ in sums}
+    # A job bound to an escrow id is compared even with nothing in its ledger: a deposit the chain holds but the
+    # ledger has not recorded is a mismatch, not a match.
+    bound = JobSettlement.objects.filter(escrow_id__isnull=False).exclude(escrow_id="")
+    jobs |= set((bound if job_id is None else bound.filter(job_id=job_id)).values_list("job_id", flat=True))
     if job_id is not None:
         jobs.add(job_id)
     for job in sorted(jobs, key=str):
