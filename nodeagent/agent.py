@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nodeagent import probe, progress
+from nodeagent import probe, progress, sandbox
 from nodeagent.broker import STARTING, broker_health, broker_health_path
 from nodeagent.client import ApiError, MarketplaceClient
 from nodeagent.config import AgentConfig
@@ -27,9 +28,31 @@ from protocol import BrokerHealth, Heartbeat, Progress, ProtocolError
 logger = logging.getLogger("nodeagent")
 
 
+ALIVE_FILE = "agent-alive.json"
+
+
 class Running(NamedTuple):
     pid: int | None
     workdir: Path | None
+    # The sandbox container's name when the assignment runs in one (then pid is None).
+    container: str | None = None
+
+
+def health(cfg: AgentConfig, now: float | None = None) -> tuple[bool, str]:
+    """`nodeagent health`: ok while the agent's loop runs (it stamps STATE/agent-alive.json every heartbeat, after
+    checking its worker lives) and the worker consumes its queue (the broker health file it keeps); else why not."""
+    try:
+        stamp = json.loads((cfg.state / ALIVE_FILE).read_text())
+        age = (now or time.time()) - float(stamp["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, "the agent is not running (it has left no heartbeat stamp): start it with `nodeagent run`"
+    allowed = max(60.0, 3 * cfg.heartbeat_seconds)
+    if age > allowed:
+        return False, f"the agent's loop has not run for {age:.0f}s (more than {allowed:.0f}s): is it stuck?"
+    consuming = broker_health(cfg)
+    if not consuming.ok:
+        return False, f"the worker is not consuming its queue: {consuming.error}"
+    return True, f"ok: the worker consumes {cfg.queue}"
 
 
 class Agent:
@@ -46,6 +69,7 @@ class Agent:
             self.capabilities["max_gpus"] = cfg.max_gpus
         self._hot = False
         self._broker: BrokerHealth | None = None
+        self.sandbox: sandbox.Sandbox | None = None
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -60,8 +84,10 @@ class Agent:
                 continue
             try:
                 value = json.loads(text) if text else {}
-                found[marker.name] = Running(int(value["pid"]), Path(value["workdir"]))
-            except (ValueError, KeyError, TypeError):
+                pid = int(value["pid"]) if value.get("pid") is not None else None
+                container = str(value["container"]) if value.get("container") else None
+                found[marker.name] = Running(pid, Path(value["workdir"]), container)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 # Written a moment ago and still empty: running, but nothing to stop or read yet.
                 found[marker.name] = Running(None, None)
         return found
@@ -116,11 +142,15 @@ class Agent:
             # Asked from the dashboard: withdraw in the background, so heartbeats go on while the chain confirms.
             threading.Thread(target=self._withdraw, name="withdraw", daemon=True).start()
         for assignment_id in reply.revoked:
-            pid = running[assignment_id].pid if assignment_id in running else None
-            if pid:
-                # The marketplace cancelled or expired it: stop the runner, nobody will take its result.
+            item = running.get(assignment_id)
+            # The marketplace cancelled or expired it: stop the runner, nobody will take its result.
+            if item is not None and item.container:
+                # SIGKILL: a revoked result is worth nothing, and a task may ignore SIGTERM.
+                sandbox.kill(item.container)
+                self.say(f"assignment {assignment_id} was revoked by the marketplace; killed its container")
+            elif item is not None and item.pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(item.pid, signal.SIGTERM)
                 self.say(f"assignment {assignment_id} was revoked by the marketplace; stopped its runner")
 
     def _withdraw(self) -> None:
@@ -138,19 +168,36 @@ class Agent:
         self.stop.set()
 
     def start_worker(self) -> None:
+        # The worker runs what the agent chose (docker or none, never auto): both say the same at start.
+        box = self.sandbox or sandbox.Sandbox("none", reason="not chosen")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent.worker", str(self.config_file), str(self.cfg.slots)],
+            [sys.executable, "-m", "nodeagent.worker", str(self.config_file), str(self.cfg.slots), box.mode,
+             box.image or self.cfg.sandbox_image],
             stdin=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
+
+    def stamp_alive(self) -> None:
+        path = self.cfg.state / ALIVE_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
+            tmp.replace(path)
 
     def run(self) -> int:
+        """Run until stopped; raises sandbox.SandboxError (before doing anything) when --sandbox docker cannot be."""
         cfg = self.cfg
+        cfg.state.mkdir(parents=True, exist_ok=True)
+        # With its state folder: one test container proves the engine mounts the agent's workdirs as they are here.
+        self.sandbox = sandbox.choose(cfg.sandbox, cfg.sandbox_image, state=cfg.state)
         for directory in (cfg.state / "work", running_dir(cfg)):
             directory.mkdir(parents=True, exist_ok=True)
         for stale in running_dir(cfg).glob("*"):
             stale.unlink(missing_ok=True)
-        # A previous run's record says nothing of the worker about to start.
+        # A previous run's records say nothing of the worker about to start.
         broker_health_path(cfg).unlink(missing_ok=True)
+        (cfg.state / ALIVE_FILE).unlink(missing_ok=True)
+        if self.sandbox.mode == "docker":
+            sandbox.remove_all(cfg.node_id)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.say(f"Node {cfg.node_name} ({cfg.node_id}) for {cfg.marketplace_url}")
@@ -159,6 +206,12 @@ class Agent:
         self.say(f"  GPUs: {len(gpus)}" if gpus else f"  GPUs: none ({self.capabilities['no_gpu_reason']})")
         if not gpus and (cfg.max_temp_c is not None or cfg.power_cap_w is not None or cfg.max_gpus):
             self.say("  --max-temp, --power-cap and --max-gpus do nothing on a machine without an NVIDIA GPU")
+        if self.sandbox.mode == "docker":
+            self.say(f"  sandbox: {self.sandbox.describe()}: each assignment in its own container, no network")
+        else:
+            self.say(f"  sandbox: {self.sandbox.describe()}")
+            if cfg.sandbox == "auto":
+                self.say("  (runners see this user's files and the network; --sandbox docker refuses to run so)")
         if gpus and cfg.power_cap_w is not None:
             for line in probe.apply_power_cap(cfg.power_cap_w):
                 self.say(f"  {line}")
@@ -173,6 +226,7 @@ class Agent:
         self.leftovers_release()
         self.start_worker()
         self.say("Running; Ctrl-C or SIGTERM stops it and hands running work back.")
+        self.stamp_alive()
         code = 0
         while not self.stop.wait(cfg.heartbeat_seconds):
             assert self.worker is not None
@@ -180,6 +234,7 @@ class Agent:
                 self.say(f"The worker exited with code {self.worker.returncode}; stopping.")
                 code = 1
                 break
+            self.stamp_alive()
             try:
                 self.heartbeat()
             except (ApiError, TransientError, ProtocolError) as exc:
@@ -216,8 +271,12 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.worker.kill()
                 self.worker.wait()
-        for pid, _ in self.running().values():
-            if pid:
+        for item in self.running().values():
+            if item.pid:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(item.pid, signal.SIGKILL)
+        if self.sandbox is not None and self.sandbox.mode == "docker":
+            # A cold-stopped worker leaves its containers running: they are this node's, by label.
+            sandbox.remove_all(self.cfg.node_id)
+        (self.cfg.state / ALIVE_FILE).unlink(missing_ok=True)
         self.say("Stopped.")

@@ -4,7 +4,8 @@ imported already, so a child starts in milliseconds, not the ~0.3 s of a new int
 The child writes WORKDIR/artifact (the runner's own, or else its metrics as canonical JSON) and
 WORKDIR/metrics.json, and exits non-zero on any failure with the traceback in its log. A crash, a leak or
 library state (bpy's, say) stays in the child; the parent's memory is never touched.
-`python -m nodeagent.child KIND PAYLOAD_FILE WORKDIR` runs the same in the foreground, for debugging.
+`python -m nodeagent.child KIND PAYLOAD_FILE WORKDIR` runs the same in the foreground: it is the command of each
+sandbox container (nodeagent.sandbox), and handy for debugging.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 from contracts.units import tokens_format, tokens_parse
 from nodeagent import config as agent_config
-from nodeagent import probe
+from nodeagent import probe, sandbox
 from nodeagent.client import ApiError, MarketplaceClient
 from nodeagent.retry import TransientError
 from nodeagent.signer import Wallet
@@ -95,7 +96,10 @@ def cmd_enroll(args: argparse.Namespace, path: Path) -> int:
         wallet_address=wallet.address,
         state_dir=str(state_dir),
         slots=args.slots,
+        sandbox=args.sandbox,
+        sandbox_image=args.sandbox_image,
     )
+    agent_config.validate(cfg)
     agent_config.save(cfg, path)
     print(f"Enrolled node {cfg.node_name} ({cfg.node_id}).")
     print(f"Wallet address: {wallet.address}  (payouts go here; the key is in {path}, readable only by you)")
@@ -104,7 +108,13 @@ def cmd_enroll(args: argparse.Namespace, path: Path) -> int:
 
 
 def cmd_probe(args: argparse.Namespace, path: Path) -> int:
-    capabilities = probe.probe()
+    image = args.sandbox_image
+    if image is None:
+        try:
+            image = agent_config.load(path).sandbox_image
+        except agent_config.ConfigError:
+            image = agent_config.DEFAULT_SANDBOX_IMAGE
+    capabilities = probe.probe(sandbox_image=image)
     print(json.dumps(capabilities, indent=2) if args.json else probe.describe(capabilities))
     return 0
 
@@ -118,12 +128,29 @@ def cmd_run(args: argparse.Namespace, path: Path) -> int:
         max_temp_c=args.max_temp,
         power_cap_w=args.power_cap,
         heartbeat_seconds=args.heartbeat_seconds,
+        # NODEAGENT_SANDBOX: the same choice for agents started by scripts or containers (the flag wins).
+        sandbox=args.sandbox or os.environ.get("NODEAGENT_SANDBOX") or None,
+        sandbox_image=args.sandbox_image,
     )
     agent_config.validate(cfg)
     if args.slots is not None:
         # The worker process reads the config file: keep the operator's limits there too.
         agent_config.save(cfg, path)
-    return Agent(cfg, path).run()
+    try:
+        return Agent(cfg, path).run()
+    except sandbox.SandboxError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_health(args: argparse.Namespace, path: Path) -> int:
+    from nodeagent.agent import health
+
+    try:
+        ok, reason = health(agent_config.load(path))
+    except agent_config.ConfigError as exc:
+        ok, reason = False, str(exc)
+    print(reason if ok else f"unhealthy: {reason}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_status(args: argparse.Namespace, path: Path) -> int:
@@ -138,6 +165,12 @@ def cmd_status(args: argparse.Namespace, path: Path) -> int:
     local = "paused (nodeagent resume to take work again)" if (cfg.state / "paused").exists() else "taking work"
     print(f"Node {node['name']} ({node['id']})")
     print(f"  online: {'yes' if node['is_online'] else 'no'}; locally {local}")
+    used = sandbox.state_read(cfg.state)
+    print(
+        f"  sandbox: {used.describe()}"
+        if used is not None
+        else f"  sandbox: not known yet (the agent has not run here; configured: {cfg.sandbox})"
+    )
     print(f"  accepted {node['valid_count']}, rejected {node['invalid_count']}, expired {node['expired_count']}")
     credit = earnings["credit"]
     credit_text = "credit unknown (no chain)" if credit is None else f"{tokens_format(int(credit))} HWC withdrawable"
@@ -213,11 +246,15 @@ def parser() -> argparse.ArgumentParser:
         "--min-price", action="append", metavar="KIND=AMOUNT", help="lowest price per task you accept (repeatable)"
     )
     enroll.add_argument("--state-dir", help="where running work lives (default: beside the config)")
+    _sandbox_options(enroll, default=True)
     enroll.add_argument("--force", action="store_true", help="replace an existing config")
     enroll.set_defaults(func=cmd_enroll)
 
     probe_cmd = sub.add_parser("probe", help="show the hardware and software this node reports")
     probe_cmd.add_argument("--json", action="store_true", help="print JSON, as sent to the marketplace")
+    probe_cmd.add_argument(
+        "--sandbox-image", metavar="IMAGE", help="check the Docker sandbox with this image (default: as configured)"
+    )
     probe_cmd.set_defaults(func=cmd_probe)
 
     run = sub.add_parser("run", help="run the node until Ctrl-C or SIGTERM")
@@ -226,6 +263,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-temp", type=int, metavar="C", help="take no new work while a GPU is this hot (°C)")
     run.add_argument("--power-cap", type=int, metavar="W", help="set each GPU's power limit (watts; needs root)")
     run.add_argument("--heartbeat-seconds", type=float, help="seconds between heartbeats (default 10)")
+    _sandbox_options(run, default=False)
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="node id, online state, current and recent assignments")
@@ -237,9 +275,32 @@ def parser() -> argparse.ArgumentParser:
     withdraw.add_argument("--rpc-url", help="your own JSON-RPC URL (default: the one the marketplace names)")
     withdraw.set_defaults(func=cmd_withdraw)
 
+    health = sub.add_parser(
+        "health", help="exit 0 while the agent runs and its worker consumes its queue, else 1 with the reason"
+    )
+    health.set_defaults(func=cmd_health)
+
     sub.add_parser("pause", help="take no new work (running work finishes)").set_defaults(func=cmd_pause)
     sub.add_parser("resume", help="take new work again").set_defaults(func=cmd_resume)
     return main
+
+
+def _sandbox_options(command: argparse.ArgumentParser, *, default: bool) -> None:
+    where = "" if default else " (default: as enrolled)"
+    command.add_argument(
+        "--sandbox",
+        choices=agent_config.SANDBOX_CHOICES,
+        default="auto" if default else None,
+        help="what each assignment runs in: auto (a Docker container when Docker works here, else a forked child), "
+        "docker (refuse to run without it) or none (a forked child, unsandboxed)"
+        + (" (default: $NODEAGENT_SANDBOX, else as enrolled)" if not default else " (default auto)"),
+    )
+    command.add_argument(
+        "--sandbox-image",
+        metavar="IMAGE",
+        default=agent_config.DEFAULT_SANDBOX_IMAGE if default else None,
+        help="the image sandbox containers start from" + (where or f" (default {agent_config.DEFAULT_SANDBOX_IMAGE})"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

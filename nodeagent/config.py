@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PATH = Path.home() / ".config" / "hashwork" / "nodeagent.json"
+SANDBOX_CHOICES = ("auto", "docker", "none")
+DEFAULT_SANDBOX_IMAGE = "hashwork/nodeagent:local"
 
 
 class ConfigError(Exception):
@@ -32,6 +34,10 @@ class AgentConfig:
     max_temp_c: int | None = None
     power_cap_w: int | None = None
     heartbeat_seconds: float = 10.0
+    # What each assignment runs in (nodeagent.sandbox): auto (a Docker container when Docker works, else a forked
+    # child), docker (refuse to run without it) or none (a forked child, unsandboxed); the image of the container.
+    sandbox: str = "auto"
+    sandbox_image: str = DEFAULT_SANDBOX_IMAGE
 
     def with_limits(self, **limits: Any) -> AgentConfig:
         """This config with the operator's command-line limits applied (None leaves a value as it is)."""
@@ -75,6 +81,10 @@ def validate(config: AgentConfig) -> None:
         raise ConfigError("power_cap_w must be at least 50 (W).")
     if config.heartbeat_seconds <= 0:
         raise ConfigError("heartbeat_seconds must be positive.")
+    if config.sandbox not in SANDBOX_CHOICES:
+        raise ConfigError(f"sandbox is {config.sandbox!r}; use one of {', '.join(SANDBOX_CHOICES)}.")
+    if not config.sandbox_image or any(c.isspace() for c in config.sandbox_image):
+        raise ConfigError(f"sandbox_image {config.sandbox_image!r} is not an image name, e.g. {DEFAULT_SANDBOX_IMAGE}.")
 
 
 def save(config: AgentConfig, path: Path) -> None:

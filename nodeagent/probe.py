@@ -50,7 +50,7 @@ def _gpus() -> tuple[list[dict[str, Any]], str | None]:
         pynvml.nvmlShutdown()
 
 
-def _ram_mb() -> int:
+def ram_mb() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -73,18 +73,31 @@ def _software() -> dict[str, str | None]:
     return found
 
 
-def probe(work_dir: Path | None = None) -> dict[str, Any]:
-    """The capabilities the agent reports to the marketplace at enrolment and in heartbeats."""
+def sandbox_report(image: str) -> dict[str, Any]:
+    """Whether assignments can run in the Docker sandbox (nodeagent.sandbox) with IMAGE, and if not why."""
+    from nodeagent import sandbox
+
+    problem = sandbox.check(image)
+    return {"available": problem is None, "image": image, "reason": problem or ""}
+
+
+def probe(work_dir: Path | None = None, *, sandbox_image: str | None = None) -> dict[str, Any]:
+    """The capabilities the agent reports to the marketplace at enrolment and in heartbeats. With SANDBOX_IMAGE it
+    also says whether the Docker sandbox can run it (`sandbox`; protocol.Capabilities has no such field, so the
+    marketplace drops it, as it drops every field it does not know)."""
     gpus, no_gpu = _gpus()
     disk = shutil.disk_usage(work_dir or Path.home())
-    return {
+    found: dict[str, Any] = {
         "gpus": gpus,
         "no_gpu_reason": no_gpu,
         "cpu_cores": os.cpu_count() or 1,
-        "ram_mb": _ram_mb(),
+        "ram_mb": ram_mb(),
         "disk_free_mb": disk.free // 2**20,
         "software": _software(),
     }
+    if sandbox_image is not None:
+        found["sandbox"] = sandbox_report(sandbox_image)
+    return found
 
 
 def gpu_temperatures() -> list[int]:
@@ -133,4 +146,11 @@ def describe(capabilities: dict[str, Any]) -> str:
     lines.append(f"Free disk: {capabilities['disk_free_mb']} MiB")
     for name, version in capabilities["software"].items():
         lines.append(f"{name}: {version or 'not installed'}")
+    box = capabilities.get("sandbox")
+    if box is not None:
+        lines.append(
+            f"Sandbox: docker available ({box['image']}): each assignment runs in its own container"
+            if box["available"]
+            else f"Sandbox: docker unavailable ({box['reason']}); assignments would run in a forked child, unsandboxed"
+        )
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The agent's Celery worker: consumes only this node's queue, inside its own key prefix, and runs each
-assignment in a child process. Started by `nodeagent run` as `python -m nodeagent.worker CONFIG`. Its broker
-connection (reconnecting, probing, reporting to the agent) is nodeagent.broker's."""
+assignment in a sandbox container (nodeagent.sandbox) or, without Docker, a forked child. Started by `nodeagent run`
+as `python -m nodeagent.worker CONFIG [SLOTS [SANDBOX [IMAGE]]]`. Its broker connection (reconnecting, probing,
+reporting to the agent) is nodeagent.broker's."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from nodeagent import broker, child
+from nodeagent import broker, child, probe, sandbox
 from nodeagent import config as agent_config
 from nodeagent.client import ApiError, Conflict, MarketplaceClient
 from nodeagent.retry import TransientError
@@ -33,6 +34,8 @@ TASK_NAME = "nodeagent.run_assignment"
 MAX_TASKS_PER_CHILD = 50
 
 _config: agent_config.AgentConfig | None = None
+# What assignments run in; main() decides (a test may set it).
+_sandbox = sandbox.Sandbox("none", reason="the worker was started without a sandbox choice")
 
 
 def paused(cfg: agent_config.AgentConfig) -> bool:
@@ -161,10 +164,13 @@ def _fetch_inputs(client: MarketplaceClient, message: AssignmentMessage, workdir
 
 
 def _run_child(cfg: agent_config.AgentConfig, message: AssignmentMessage, workdir: Path, marker: Path) -> str | None:
-    """Run the runner in a forked child until it ends; None on success, else why it failed. Heartbeats keep a
-    running lease alive; when the marketplace revokes it (cancelled, expired), the heartbeat loop kills the child."""
+    """Run the runner (in the sandbox container, else a forked child) until it ends; None on success, else why it
+    failed. Heartbeats keep a running lease alive; when the marketplace revokes it (cancelled, expired), the heartbeat
+    loop kills the runner (the marker names its pid or container)."""
     payload_file = workdir / "payload.json"
     payload_file.write_text(json.dumps(message.payload))
+    if _sandbox.mode == "docker":
+        return _run_container(cfg, message, workdir, marker)
     log_path = workdir / "runner.log"
     started = time.monotonic()
     pid = child.fork(message.kind, payload_file, workdir, log_path)
@@ -187,24 +193,78 @@ def _run_child(cfg: agent_config.AgentConfig, message: AssignmentMessage, workdi
     code = os.waitstatus_to_exitcode(status)
     if code == 0 and not timed_out.is_set():
         return None
-    tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
     if timed_out.is_set():
         how = f"ran past the {message.kind} time limit of {limit:.0f}s and was killed"
     elif code < 0:
         how = f"was killed by signal {-code}"
     else:
         how = f"exited with code {code}"
-    return f"the {message.kind} runner {how} after {time.monotonic() - started:.1f}s:\n{tail}"
+    return _failure(message.kind, how, time.monotonic() - started, log_path)
+
+
+def _run_container(
+    cfg: agent_config.AgentConfig, message: AssignmentMessage, workdir: Path, marker: Path
+) -> str | None:
+    """The runner in a fresh sandbox container; its output becomes WORKDIR/runner.log, as the forked child's."""
+    assert _sandbox.image is not None
+    limits = sandbox.limits_for(slots=cfg.slots, cpu_cores=os.cpu_count() or 1, ram_mb=probe.ram_mb())
+    inside = sandbox.workdir_in_container(workdir)
+    # The train runner keeps its residual per job in STATE/train/<job>: only that job's folder is mounted.
+    train_dir = (cfg.state / "train" / message.job_id, message.job_id) if message.kind == "train" else None
+    log_path = workdir / "runner.log"
+
+    def started(name: str) -> None:
+        marker.write_text(json.dumps({"pid": None, "container": name, "workdir": str(workdir)}))
+
+    limit = float(message.time_limit_seconds)
+    begun = time.monotonic()
+    try:
+        outcome = sandbox.run(
+            image=_sandbox.image,
+            # The workdir's random suffix: a redelivered message never meets a container left by its first delivery.
+            name=f"hashwork-task-{workdir.name}",
+            workdir=workdir,
+            command=sandbox.child_command(message.kind, inside),
+            limits=limits,
+            time_limit=limit,
+            node_id=cfg.node_id,
+            train_dir=train_dir,
+            # Exactly the GPUs the task asks for; none (a CPU-only container) when it asks for none.
+            gpus=message.gpus,
+            on_start=started,
+        )
+    except sandbox.SandboxError as exc:
+        return (
+            f"the {message.kind} runner could not start in its sandbox container after "
+            f"{time.monotonic() - begun:.1f}s: {exc}"
+        )
+    # The agent writes the log after the container ends, over anything the task wrote under that name.
+    log_path.write_bytes(outcome.log)
+    how = sandbox.describe_failure(outcome, kind=message.kind, limit=limit, limits=limits)
+    return None if how is None else _failure(message.kind, how, outcome.seconds, log_path)
+
+
+def _failure(kind: str, how: str, seconds: float, log_path: Path) -> str:
+    tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+    return f"the {kind} runner {how} after {seconds:.1f}s:\n{tail}"
 
 
 def main(argv: list[str]) -> None:
-    global _config
+    global _config, _sandbox
     path = Path(argv[0])
     slots = int(argv[1]) if len(argv) > 1 else None
     _config = agent_config.load(path).with_limits(slots=slots)
+    requested = argv[2] if len(argv) > 2 else _config.sandbox
+    image = argv[3] if len(argv) > 3 else _config.sandbox_image
+    try:
+        _sandbox = sandbox.choose(requested, image)
+    except sandbox.SandboxError as exc:
+        sys.exit(f"nodeagent worker: {exc}")
     broker.configure(_config)
     (_config.state / "work").mkdir(parents=True, exist_ok=True)
     running_dir(_config).mkdir(parents=True, exist_ok=True)
+    sandbox.state_write(_config.state, _sandbox)
+    logger.info("assignments run in: %s", _sandbox.describe())
     app = make_app(_config)
     # Runner children are forked from the pool processes: import the heavy libraries once, here, so a train
     # assignment does not pay torch's import (~1-2 s) every time. Importing starts no threads, so forking stays safe.

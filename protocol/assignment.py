@@ -36,6 +36,9 @@ class AssignmentMessage(Message):
     payload: dict[str, Any]
     input_urls: list[InputFile] = Field(default_factory=list)
     time_limit_seconds: int
+    # GPUs the task asks for (its requirements' `gpus`): the agent's Docker sandbox passes exactly this many to the
+    # container, and none when 0. An older marketplace sends no such field: 0.
+    gpus: int = Field(default=0, ge=0, le=64)
     start_by: datetime
     lease_expires_at: datetime
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,11 +19,17 @@ from marketplace.nodes.models import Node
 from nodeagent.signer import Wallet
 from tests.factories import NodeFactory, UserFactory
 
+# The suite's node agents fork their runners (what they test is the market, not the sandbox, and a container per
+# assignment would add about a second to each): tests/nodeagent/test_sandbox.py and tests/e2e/test_sandboxed_jobs.py
+# run theirs in the Docker sandbox explicitly (--sandbox docker).
+os.environ.setdefault("NODEAGENT_SANDBOX", "none")
+
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     db = settings.DATABASES["default"]
     redis = settings.REDIS_URL.split("@")[-1] if settings.REDIS_URL else "embedded (started by the tests)"
-    return [f"hashwork: database {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}; redis {redis}"]
+    sandbox = f"node agents' sandbox: {os.environ['NODEAGENT_SANDBOX']} unless a test says otherwise"
+    return [f"hashwork: database {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}; redis {redis}; {sandbox}"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -139,9 +139,16 @@ def assignment_message(*, assignment: Assignment, task: Task, job: Job) -> dict[
         # their sha256 after download.
         input_urls=[InputFile.from_json(item) for item in _inputs(assignment=assignment, task=task, job=job)],
         time_limit_seconds=kinds.get(job.kind).time_limit_seconds,
+        gpus=_gpus_wanted(task.requirements),
         start_by=assignment.start_by,
         lease_expires_at=assignment.lease_expires_at,
     ).to_json()
+
+
+def _gpus_wanted(requirements: Any) -> int:
+    """How many GPUs a task's requirements ask for (0 when they say nothing, or nothing that is a count)."""
+    wanted = requirements.get("gpus", 0) if isinstance(requirements, dict) else 0
+    return wanted if isinstance(wanted, int) and not isinstance(wanted, bool) and 0 <= wanted <= 64 else 0
 
 
 def _inputs(*, assignment: Assignment, task: Task, job: Job) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def _config(tmp_path: Path, **changes: object) -> agent_config.AgentConfig:
 def test_every_command_has_help() -> None:
     out = subprocess.run([sys.executable, "-m", "nodeagent", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for command in ("enroll", "probe", "run", "status", "pause", "resume", "withdraw"):
+    for command in ("enroll", "probe", "run", "status", "pause", "resume", "withdraw", "health"):
         assert command in out.stdout
         sub = subprocess.run(
             [sys.executable, "-m", "nodeagent", command, "--help"], capture_output=True, text=True, cwd=ROOT
@@ -160,3 +161,49 @@ def test_a_bad_withdraw_amount_is_named_before_anything_is_sent(
     agent_config.save(_config(tmp_path), path)
     assert cli.main(["--config", str(path), "withdraw", amount]) == 2
     assert "AMOUNT" in capsys.readouterr().err
+
+
+def test_health_is_ok_only_while_the_agent_runs_and_its_worker_consumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nodeagent import agent
+    from nodeagent.broker import broker_health_write
+
+    path = tmp_path / "agent.json"
+    cfg = _config(tmp_path)
+    agent_config.save(cfg, path)
+    cfg.state.mkdir(parents=True)
+    assert cli.main(["--config", str(path), "health"]) == 1
+    assert "unhealthy: the agent is not running" in capsys.readouterr().err
+    alive = cfg.state / agent.ALIVE_FILE
+    alive.write_text(json.dumps({"pid": 1, "at": time.time()}))
+    assert cli.main(["--config", str(path), "health"]) == 1
+    assert "the worker is not consuming its queue: the worker has not connected" in capsys.readouterr().err
+    broker_health_write(cfg, ok=True)
+    assert cli.main(["--config", str(path), "health"]) == 0
+    assert capsys.readouterr().out == "ok: the worker consumes node.1\n"
+    alive.write_text(json.dumps({"pid": 1, "at": time.time() - 600}))
+    assert cli.main(["--config", str(path), "health"]) == 1
+    assert "the agent's loop has not run for 600s" in capsys.readouterr().err
+    broker_health_write(cfg, ok=False, error="ConnectionError: refused")
+    alive.write_text(json.dumps({"pid": 1, "at": time.time()}))
+    assert cli.main(["--config", str(path), "health"]) == 1
+    assert capsys.readouterr().err == "unhealthy: the worker is not consuming its queue: ConnectionError: refused\n"
+    assert cli.main(["--config", str(tmp_path / "none.json"), "health"]) == 1
+    assert "unhealthy: No node config" in capsys.readouterr().err
+
+
+def test_a_bad_sandbox_choice_in_the_config_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(agent_config.ConfigError, match="sandbox is 'podman'; use one of auto, docker, none"):
+        agent_config.validate(_config(tmp_path, sandbox="podman"))
+    with pytest.raises(agent_config.ConfigError, match="sandbox_image"):
+        agent_config.validate(_config(tmp_path, sandbox_image="has space"))
+
+
+def test_the_sandbox_the_worker_uses_is_recorded_for_status(tmp_path: Path) -> None:
+    from nodeagent import sandbox
+
+    assert sandbox.state_read(tmp_path) is None
+    sandbox.state_write(tmp_path, sandbox.choose("none", "any"))
+    assert sandbox.state_read(tmp_path) == sandbox.Sandbox("none", None, "--sandbox none")
+    assert sandbox.state_read(tmp_path).describe() == "none (forked child, unsandboxed: --sandbox none)"  # type: ignore[union-attr]

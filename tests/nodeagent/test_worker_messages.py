@@ -37,7 +37,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.calls.append((self.path, json.loads(body) if body else None))
+        try:
+            recorded: Any = json.loads(body) if body else None
+        except ValueError:
+            recorded = body  # a result upload (multipart): kept as it came
+        self.server.calls.append((self.path, recorded))
+        reply = json.dumps(self.server.replies.get(self.path, {})).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def do_GET(self) -> None:
         reply = json.dumps(self.server.replies.get(self.path, {})).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -118,3 +130,29 @@ def test_the_client_sends_a_typed_heartbeat_and_reads_a_typed_reply(marketplace:
     assert marketplace.calls == [("/api/nodes/heartbeat/", beat.to_json())]
     assert reply.revoked == ["a1"]
     assert reply.withdraw is True
+
+
+def test_status_names_the_sandbox_the_worker_runs_assignments_in(
+    tmp_path: Path, marketplace: _Marketplace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nodeagent import cli, sandbox
+    from nodeagent import config as agent_config
+
+    marketplace.replies.update({
+        "/api/nodes/me/": {"name": "rig", "id": "n1", "is_online": True, "valid_count": 1, "invalid_count": 0,
+                           "expired_count": 0},
+        "/api/nodes/me/assignments/?limit=10": {"results": []},
+        "/api/nodes/me/earnings/": {"credit": None, "settled": "0", "pending": "0"},
+    })  # fmt: skip
+    cfg = _config(tmp_path, marketplace_url=marketplace.url)
+    path = tmp_path / "agent.json"
+    agent_config.save(cfg, path)
+    cfg.state.mkdir(parents=True)
+    assert cli.main(["--config", str(path), "status"]) == 0
+    assert "  sandbox: not known yet (the agent has not run here; configured: auto)\n" in capsys.readouterr().out
+    sandbox.state_write(cfg.state, sandbox.Sandbox("docker", "hashwork/nodeagent:local"))
+    assert cli.main(["--config", str(path), "status"]) == 0
+    assert "  sandbox: docker (hashwork/nodeagent:local)\n" in capsys.readouterr().out
+    sandbox.state_write(cfg.state, sandbox.Sandbox("none", reason="no Docker engine answers"))
+    assert cli.main(["--config", str(path), "status"]) == 0
+    assert "  sandbox: none (forked child, unsandboxed: no Docker engine answers)\n" in capsys.readouterr().out

@@ -37,12 +37,22 @@ def test_an_assignment_message_survives_a_round_trip() -> None:
     assert AssignmentMessage.from_json(message.to_json()) == message
 
 
-def test_its_json_keeps_the_old_field_names_and_adds_only_the_protocol_version() -> None:
+def test_its_json_keeps_the_old_field_names_and_adds_only_the_protocol_version_and_gpus() -> None:
     body = an_assignment().to_json()
-    assert set(body) == FIELDS_BEFORE | {"protocol"}
+    assert set(body) == FIELDS_BEFORE | {"protocol", "gpus"}
+    assert body["gpus"] == 0
     assert body["protocol"] == PROTOCOL == "hashwork-protocol/1"
     [item] = body["input_urls"]
     assert item == {"path": "models/widget.glb", "url": "/api/assignments/x/inputs/y/", "sha256": "ab" * 32}
+
+
+def test_a_message_without_gpus_asks_for_none_and_a_bad_count_is_refused_by_name() -> None:
+    body = an_assignment().to_json()
+    del body["gpus"]  # what a marketplace sent before the field existed
+    assert AssignmentMessage.from_json(body).gpus == 0
+    for bad in (-1, 65, "all"):
+        with pytest.raises(ProtocolError, match="gpus"):
+            AssignmentMessage.from_json({**body, "gpus": bad})
 
 
 def test_times_are_written_as_isoformat_as_before() -> None:

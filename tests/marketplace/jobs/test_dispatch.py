@@ -71,6 +71,17 @@ class TestLeasing:
         # Everything wanted is leased: another run leases nothing.
         assert dispatch.schedule() == []
 
+    def test_the_message_asks_for_as_many_gpus_as_the_task_and_none_for_a_malformed_count(self) -> None:
+        job = _job(tasks=3, replication=1)
+        for task, gpus in zip(job.tasks.order_by("index"), [2, "2", True], strict=True):
+            task.requirements = {"cpu_cores": 1, "gpus": gpus}
+            task.save(update_fields=["requirements"])
+        for task, wanted in zip(job.tasks.order_by("index"), [2, 0, 0], strict=True):
+            now = timezone.now()
+            leased = Assignment(task=task, start_by=now, lease_expires_at=now)
+            message = dispatch.assignment_message(assignment=leased, task=task, job=job)
+            assert message["gpus"] == wanted
+
     def test_a_node_gets_no_more_work_than_it_has_slots(self) -> None:
         _job(tasks=5, replication=1)
         (node,) = _nodes(1, slots=2, proven=True)
