@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -154,3 +156,13 @@ def env_assignments(instructions: list[Instruction]) -> dict[str, str]:
                 assert sep, f"ENV on line {instruction.line} is not in KEY=value form"
                 values[name] = value
     return values
+
+
+def load_script(name: str) -> ModuleType:
+    """A script of docker/ (not a package) as a module, e.g. load_script("stack") for docker/stack.py."""
+    spec = importlib.util.spec_from_file_location(f"docker_{name}", DOCKER / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -33,6 +33,7 @@ from tests.deploy.helpers import (
     dockerfile_instructions,
     env_assignments,
     load_compose_raw,
+    load_script,
     option,
     read_env_file,
     resolve,
@@ -331,3 +332,38 @@ def test_only_the_settlement_worker_gets_the_operator_key(services: dict[str, di
 def test_the_env_file_with_secrets_stays_out_of_git_and_out_of_images() -> None:
     assert ".env" in (DOCKER / ".gitignore").read_text().split()
     assert ".env" in (REPO / ".dockerignore").read_text().split()
+
+
+# docker/stack.py (`make docker-demo`) is the same stack on host networking: the same services, the same commands.
+def test_stack_py_runs_the_same_marketplace_services_with_the_same_commands_as_compose(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    stack = load_script("stack")
+    # Compose listens on its bridge network's default ports; stack.py on 127.0.0.1 and ports of its own.
+    expected = stack.commands(web_bind="0.0.0.0:8000", flower_options=["--port=5555"])
+    assert set(expected) == set(marketplace_services(services))
+    assert set(expected) == {*stack.ONE_SHOTS, *stack.MARKETPLACE}
+    for name, argv in expected.items():
+        assert command_argv(services[name]["command"]) == argv, name
+    # And the same long-running services besides: the data stores and the chain.
+    assert {*stack.INFRA, *stack.MARKETPLACE, "nodeagent"} == SERVICES
+
+
+def test_each_celery_worker_is_pinged_at_the_node_name_it_runs_as(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("worker", "replay", "settlement"):
+        node = option(command_argv(services[name]["command"]), "--hostname").split("@")[0]
+        assert f"--destination {node}@$HOSTNAME" in services[name]["healthcheck"]["test"][1], name
+
+
+def test_the_data_stores_images_can_be_the_local_ones(raw: dict[str, Any]) -> None:
+    defaults = resolve(raw, example_env())["services"]
+    assert defaults["postgres"]["image"] == "postgres:17-bookworm"
+    assert defaults["redis"]["image"] == "valkey/valkey:9.1-alpine"
+    local = {**example_env(), "HASHWORK_POSTGRES_IMAGE": "hashwork/postgres:local",
+             "HASHWORK_REDIS_IMAGE": "hashwork/redis:local"}  # fmt: skip
+    chosen = resolve(raw, local)["services"]
+    assert chosen["postgres"]["image"] == "hashwork/postgres:local"
+    assert chosen["redis"]["image"] == "hashwork/redis:local"
+    # The local images answer to the commands and health checks written for the official ones.
+    assert "valkey-server" in (DOCKER / "redis.Dockerfile").read_text()
+    assert "valkey-cli" in (DOCKER / "redis.Dockerfile").read_text()

@@ -14,7 +14,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from contracts.units import tokens_format
+from marketplace.core.dockerstack import DockerStackError
 from marketplace.core.localstack import LocalStack, LocalStackError, PosterClient
+from marketplace.core.management import demo_docker
 from marketplace.core.management import demo_steps as steps
 from marketplace.core.management.demo_steps import DEMO_OPERATORS, DEMO_PASSWORD, DEMO_POSTER
 from marketplace.core.pidlock import LockHeld, PidLock, pid_lock
@@ -45,16 +47,48 @@ class Command(BaseCommand):
         parser.add_argument(
             "--timeout", type=float, default=120.0, help="Seconds to wait for each step before giving up."
         )
+        parser.add_argument(
+            "--stack",
+            choices=("local", "docker"),
+            default="local",
+            help="local (default): start every service here as a process. docker: the services already run as "
+            "the containers of docker/stack.py (`make docker-demo` runs this), whose state HASHWORK_VAR_DIR holds; "
+            "the node agents are started as containers of that stack.",
+        )
+        parser.add_argument(
+            "--images",
+            type=int,
+            default=SAMPLE_RENDER_JOB["spec"]["images"],
+            help=f"Images the render job renders (default {SAMPLE_RENDER_JOB['spec']['images']}), in chunks of up to "
+            f"{SAMPLE_RENDER_JOB['spec']['chunk_size']} and at least two chunks; `make docker-demo` renders fewer.",
+        )
+        parser.add_argument(
+            "--setup-only",
+            action="store_true",
+            help="With --stack docker: make the demo users and start the node agents, print the logins and exit "
+            "with the stack running (`make docker-up`).",
+        )
 
     def say(self, message: str, style: Any = None) -> None:
         self.stdout.write(style(message) if style else message)
         self.stdout.flush()
 
-    def handle(self, *args: Any, headless: bool, no_train: bool, port: int, timeout: float, **options: Any) -> None:
+    def handle(
+        self, *args: Any, headless: bool, no_train: bool, port: int, timeout: float, stack: str, setup_only: bool,
+        images: int, **options: Any,
+    ) -> None:  # fmt: skip
         if not 1 <= port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port (1-65535).")
         if timeout <= 0:
             raise CommandError("--timeout must be a positive number of seconds.")
+        if not 2 <= images <= 1000:
+            raise CommandError(f"--images {images}: render from 2 to 1000 images (two chunks at least).")
+        spec = SAMPLE_RENDER_JOB["spec"]
+        chunk_size = min(spec["chunk_size"], images // 2)
+        self.render_job = {**SAMPLE_RENDER_JOB, "spec": {**spec, "images": images, "chunk_size": chunk_size}}
+        if setup_only and stack != "docker":
+            raise CommandError("--setup-only needs --stack docker (a local demo stops its processes when it exits).")
+        self.docker, self.setup_only = stack == "docker", setup_only
         lock = self._lock()
         try:
             self._run(headless=headless, no_train=no_train, port=port, timeout=timeout)
@@ -86,17 +120,21 @@ class Command(BaseCommand):
         # The demo speaks for itself on stdout; the services' own logs go to var/logs/.
         logging.getLogger("marketplace").setLevel(logging.WARNING)
         try:
-            base_url, token, started = steps.demo_start(self.stack, port=port, timeout=self.timeout, say=self.say)
+            if self.docker:
+                demo_docker.container_supervisor(self.stack)
+                base_url, token, started = demo_docker.demo_start_docker(self.stack, timeout=timeout, say=self.say)
+            else:
+                base_url, token, started = steps.demo_start(self.stack, port=port, timeout=self.timeout, say=self.say)
             self.summary.update(started)
+            if self.setup_only:
+                self._logins(base_url, token)
+                return
             poster = PosterClient(base_url, token)
             render = self._render(poster)
             train = None if no_train else self._train(poster, render)
             self.say("")
+            self._logins(base_url, token)
             for line in (
-                f"  Dashboard    {base_url}/  (API docs: {base_url}/api/docs/)",
-                f"  Log in as    {DEMO_POSTER} / {DEMO_PASSWORD} (jobs) or {' or '.join(DEMO_OPERATORS)} / "
-                f"{DEMO_PASSWORD} (a node each)",
-                f"  API token    {token}   (user {DEMO_POSTER})",
                 f"  Render job   {base_url}/jobs/{render}/",
                 *([f"  Train job    {base_url}/jobs/{train}/"] if train else []),
             ):
@@ -106,7 +144,7 @@ class Command(BaseCommand):
             paid = [self.summary[job]["settlement"] for job in ("render", "train") if job in self.summary]
             accuracy = self.summary["train"]["final_accuracy"] if train else None
             totals = {
-                "images_rendered": SAMPLE_RENDER_JOB["spec"]["images"],
+                "images_rendered": self.render_job["spec"]["images"],
                 "final_accuracy": accuracy,
                 "paid": sum(s["paid"] for s in paid),
                 "refunded": sum(s["refunded"] for s in paid),
@@ -129,7 +167,7 @@ class Command(BaseCommand):
                 time.sleep(1)
         except (KeyboardInterrupt, _Stop):
             self.say("\nStopping…")
-        except (ChildDied, LocalStackError) as exc:
+        except (ChildDied, LocalStackError, DockerStackError) as exc:
             raise CommandError(str(exc)) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -145,9 +183,18 @@ class Command(BaseCommand):
             )
             self._write_summary()
 
+    def _logins(self, base_url: str, token: str) -> None:
+        for line in (
+            f"  Dashboard    {base_url}/  (API docs: {base_url}/api/docs/)",
+            f"  Log in as    {DEMO_POSTER} / {DEMO_PASSWORD} (jobs) or {' or '.join(DEMO_OPERATORS)} / "
+            f"{DEMO_PASSWORD} (a node each)",
+            f"  API token    {token}   (user {DEMO_POSTER})",
+        ):
+            self.say(line, self.style.SUCCESS)
+
     def _render(self, poster: PosterClient) -> UUID:
         """The render job: posted, funded, followed until verified, paid and refunded; its dataset downloaded."""
-        job = poster.job_create(SAMPLE_RENDER_JOB)
+        job = poster.job_create(self.render_job)
         self.say(
             f"Posted a render job through the API: {job['spec']['images']} images in {job['task_count']} chunks × "
             f"{job['replication']} replicas, quote {tokens_format(int(job['quote']))} HWC ({job['quote']} base units) "
