@@ -119,6 +119,16 @@ def requirements() -> list[str]:
     return list(project["dependencies"]) + list(project["optional-dependencies"]["s3"])
 
 
+def stage_requirements() -> None:
+    """pyproject.toml's dependencies as a requirements file, what the images' deps stage installs (and keys its
+    cache on: the rest of pyproject.toml changes nothing in the images)."""
+    target = STAGE / "requirements.txt"
+    STAGE.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(requirements()) + "\n"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
 def stage_wheels() -> None:
     """Wheels for every pinned requirement, built or fetched by the host's pip (which knows torch's CPU build)."""
     wanted = hashlib.sha256(
@@ -269,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if "anvil" in wanted:
             stage_anvil()
         if PYTHON_IMAGES & set(wanted):
+            stage_requirements()
             stage_wheels()
         with wheel_server():
             for name in wanted[1:]:

@@ -9,10 +9,10 @@ ARG BASE_IMAGE=hashwork/base:local
 FROM ${BASE_IMAGE} AS deps
 USER root
 ARG WHEELS_URL=""
-COPY pyproject.toml constraints.txt /tmp/
+# The requirements are pyproject.toml's dependencies, written out by docker/images.py: a change to the rest of
+# pyproject.toml (a linter's settings) leaves this multi-GB layer cached.
+COPY docker/stage/requirements.txt constraints.txt /tmp/
 RUN python3 -m venv /opt/venv \
-    && python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" > /tmp/requirements.txt \
     && if [ -n "$WHEELS_URL" ]; then source="--no-index --find-links $WHEELS_URL"; \
        else source="--extra-index-url https://download.pytorch.org/whl/cpu"; fi \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $source \
