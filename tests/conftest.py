@@ -20,8 +20,8 @@ from nodeagent.signer import Wallet
 from tests.factories import NodeFactory, UserFactory
 
 # The suite's node agents fork their runners (what they test is the market, not the sandbox, and a container per
-# assignment would add about a second to each): tests/nodeagent/test_sandbox.py and tests/e2e/test_sandboxed_jobs.py
-# run theirs in the Docker sandbox explicitly (--sandbox docker).
+# assignment would add about a second to each): tests/nodeagent/test_sandbox.py and tests/e2e/test_train.py's
+# first test run theirs in the Docker sandbox explicitly (NODEAGENT_SANDBOX=docker).
 os.environ.setdefault("NODEAGENT_SANDBOX", "none")
 
 

@@ -1,5 +1,8 @@
 """Train jobs end to end: real node agents train in federated rounds on a dataset a render job made; a poisoned
-update is rejected; an agent killed mid-round does not stall the job; the model downloads and predicts."""
+update is rejected; an agent killed mid-round does not stall the job; the model downloads and predicts.
+
+The first test's agents run every render and train assignment in the Docker sandbox (one container each, counted
+from the engine's events): the sandboxed results verify, aggregate and learn as the forked child's do."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.dockerized import image
+from tests.e2e.sandboxed import SANDBOXED, containers_created, containers_left
 from tests.e2e.stack import ROOT, Stack
 from tests.helpers import wait_for
 from tests.marketplace.federated.helpers import coco_zip
@@ -49,7 +54,21 @@ def _rounds(stack: Stack, job_id: str) -> dict[str, Any]:
 
 
 def test_a_train_job_on_a_render_jobs_dataset_learns_and_its_model_predicts(stack: Stack, tmp_path: Path) -> None:
-    stack.agent("rig-a"), stack.agent("rig-b")
+    image("nodeagent")  # fails with what to do when Docker or the image is missing (skips on HASHWORK_NO_DOCKER=1)
+    with containers_created() as created:
+        render_id, job_id, final = _render_then_train_sandboxed(stack)
+    for agent in stack.agents:
+        status = stack.nodeagent(agent.name, "status", env=agent.env)
+        assert "sandbox: docker (hashwork/nodeagent:local)" in status.stdout, status.stdout
+        ran = [x for x in agent.assignments() if x["state"] in {"submitted", "accepted"}]
+        assert {x["kind"] for x in ran} == {"render", "train"}
+        assert created[agent.node_id] >= len(ran)  # a container for every assignment
+        assert containers_left(agent.node_id) == []
+    _predicts(stack, tmp_path, render_id, job_id, final)
+
+
+def _render_then_train_sandboxed(stack: Stack) -> tuple[str, str, float]:
+    stack.agent("rig-a", extra_env=SANDBOXED), stack.agent("rig-b", extra_env=SANDBOXED)
     reply = stack.poster.post(
         f"{stack.url}/api/jobs/",
         json={
@@ -84,11 +103,14 @@ def test_a_train_job_on_a_render_jobs_dataset_learns_and_its_model_predicts(stac
     for r in rounds["results"]:
         assert r["metrics"]["accepted"] == 2, r["metrics"]
         assert len(r["metrics"]["bytes_up"]) == 2  # two different nodes each round
-    final = rounds["results"][-1]["metrics"]["accuracy"]
+    final: float = rounds["results"][-1]["metrics"]["accuracy"]
     untrained = rounds["untrained"]["accuracy"]
     assert final >= untrained + 0.15, (untrained, final)
     assert job["progress"] == 1.0
+    return render_id, job_id, final
 
+
+def _predicts(stack: Stack, tmp_path: Path, render_id: str, job_id: str, final: float) -> None:
     download = stack.poster.get(f"{stack.url}/api/jobs/{job_id}/output/", timeout=30)
     assert download.status_code == 200
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
@@ -101,8 +123,8 @@ def test_a_train_job_on_a_render_jobs_dataset_learns_and_its_model_predicts(stac
     with zipfile.ZipFile(io.BytesIO(dataset.content)) as archive:
         coco = json.loads(archive.read("annotations.json"))
         ann = coco["annotations"][0]
-        image = next(i for i in coco["images"] if i["id"] == ann["image_id"])
-        picture = Image.open(io.BytesIO(archive.read(image["file_name"]))).convert("RGB")
+        entry = next(i for i in coco["images"] if i["id"] == ann["image_id"])
+        picture = Image.open(io.BytesIO(archive.read(entry["file_name"]))).convert("RGB")
     x, y, w, h = ann["bbox"]
     picture.crop((int(x), int(y), int(x + w) + 1, int(y + h) + 1)).save(tmp_path / "crop.png")
     done = subprocess.run(
