@@ -9,6 +9,7 @@ Images, in build order (each later one starts FROM hashwork/base:local):
   anvil       the local chain
   postgres    Debian's PostgreSQL 15 (where no registry serves postgres:17-bookworm)
   redis       Debian's Redis 7 (where no registry serves valkey/valkey)
+  nodeagent-cuda  the node agent for NVIDIA GPUs: only when nvidia/cuda's base is here, or with --cuda
 
 The Debian base is `--debian-image` when given, else debian:bookworm-slim when it is present or can be pulled, else
 one made here with debootstrap (no registry needed: about 40 s, once). Python wheels come from the host's pip
@@ -46,6 +47,9 @@ DEBIAN_MIRROR = os.environ.get("HASHWORK_DEBIAN_MIRROR", "http://deb.debian.org/
 WHEELS_PORT = int(os.environ.get("HASHWORK_WHEELS_PORT", "8631"))
 WHEELS_URL = f"http://127.0.0.1:{WHEELS_PORT}/"
 IMAGES = ["base", "marketplace", "nodeagent", "anvil", "postgres", "redis"]
+# The CUDA node agent starts from NVIDIA's image, which only a registry serves: built when that base is on this
+# machine already (pulled by its operator), or with --cuda (which pulls it).
+CUDA_BASE = "nvidia/cuda:13.0.0-base-ubuntu22.04"
 PYTHON_IMAGES = {"marketplace", "nodeagent"}
 # Top-level names the build context leaves out (.dockerignore), so a change to them rebuilds nothing.
 # Packages that the images' Python (Debian's 3.11.2) needs and the host's newer 3.11 does not, by environment markers
@@ -101,7 +105,7 @@ def inputs_hash(name: str, parent: str | None) -> str:
     digest.update((ROOT / "docker" / f"{name}.Dockerfile").read_bytes())
     if parent:
         digest.update(parent.encode())
-    if name in PYTHON_IMAGES:
+    if name in PYTHON_IMAGES or name == "nodeagent-cuda":
         for path in context_files():
             digest.update(str(path).encode() + b"\0" + (ROOT / path).read_bytes())
     elif name == "anvil":
@@ -261,11 +265,30 @@ def build(name: str, *, parent: str | None, build_args: dict[str, str], force: b
     return True
 
 
+def cuda_build(*, wanted: bool, force: bool) -> None:
+    """hashwork/nodeagent-cuda when NVIDIA's base image is here (or --cuda pulls it); else say how to get it."""
+    present = docker("image", "inspect", CUDA_BASE, check=False).returncode == 0
+    if not present and wanted:
+        say(f"==> pulling {CUDA_BASE} for the CUDA node agent")
+        pulled = docker("pull", "--quiet", CUDA_BASE, check=False)
+        if pulled.returncode != 0:
+            raise BuildError(f"cannot pull {CUDA_BASE} (no registry answers?): {pulled.stderr.strip()[:300]}")
+        present = True
+    if not present:
+        say(f"==> hashwork/nodeagent-cuda:local: skipped ({CUDA_BASE} is not here; `make images IMAGES_ARGS=--cuda` "
+            "pulls it where a registry answers)")  # fmt: skip
+        return
+    build("nodeagent-cuda", parent=image_id(CUDA_BASE), build_args={}, force=force)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Images: " + ", ".join(IMAGES))
     parser.add_argument("--force", action="store_true", help="rebuild even when an image's inputs are unchanged")
     parser.add_argument("--only", nargs="+", choices=IMAGES, metavar="NAME", help="build only these (and base)")
     parser.add_argument("--debian-image", help="the Debian bookworm image to start from (default: see above)")
+    parser.add_argument(
+        "--cuda", action="store_true", help=f"also build hashwork/nodeagent-cuda, pulling {CUDA_BASE} if needed"
+    )
     args = parser.parse_args(argv)
     if shutil.which("docker") is None or docker("info", check=False).returncode != 0:
         say("No Docker engine answers: start one (`make docker-engine` does, as root on Debian), then run this again.")
@@ -288,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     build_args["WHEELS_URL"] = WHEELS_URL
                 context = STAGE / "anvil" if name == "anvil" else ROOT
                 build(name, parent=base, build_args=build_args, force=args.force, context=context)
+        cuda_build(wanted=args.cuda, force=args.force)
     except BuildError as exc:
         say(f"images: {exc}")
         return 1
