@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,7 +229,15 @@ def debian_image(explicit: str | None) -> str:
 # Building --------------------------------------------------------------------------------------------------------
 
 
-def build(name: str, *, parent: str | None, build_args: dict[str, str], force: bool, context: Path = ROOT) -> bool:
+def build(
+    name: str,
+    *,
+    parent: str | None,
+    build_args: dict[str, str],
+    force: bool,
+    context: Path = ROOT,
+    prepare: Callable[[], None] | None = None,
+) -> bool:
     """Build one image unless its inputs are unchanged; True when it was built. The context is the repository root
     (.dockerignore trims it), except for Anvil's: its staged binary alone."""
     image = image_name(name)
@@ -237,6 +245,8 @@ def build(name: str, *, parent: str | None, build_args: dict[str, str], force: b
     if not force and label_of(image, "io.hashwork.inputs") == wanted:
         say(f"==> {image}: up to date (inputs {wanted[:12]})")
         return False
+    if prepare is not None:
+        prepare()  # what only a build needs (the wheels: half a minute even from pip's cache)
     LOGS.mkdir(parents=True, exist_ok=True)
     log_path = LOGS / f"{name}.log"
     say(f"==> {image}: building (log: {log_path.relative_to(ROOT)})")
@@ -303,14 +313,14 @@ def main(argv: list[str] | None = None) -> int:
             stage_anvil()
         if PYTHON_IMAGES & set(wanted):
             stage_requirements()
-            stage_wheels()
         with wheel_server():
             for name in wanted[1:]:
                 build_args = {"BASE_IMAGE": image_name("base")}
                 if name in PYTHON_IMAGES:
                     build_args["WHEELS_URL"] = WHEELS_URL
                 context = STAGE / "anvil" if name == "anvil" else ROOT
-                build(name, parent=base, build_args=build_args, force=args.force, context=context)
+                prepare = stage_wheels if name in PYTHON_IMAGES else None
+                build(name, parent=base, build_args=build_args, force=args.force, context=context, prepare=prepare)
         cuda_build(wanted=args.cuda, force=args.force)
     except BuildError as exc:
         say(f"images: {exc}")
