@@ -254,7 +254,8 @@ def main(argv: list[str]) -> None:
     path = Path(argv[0])
     slots = int(argv[1]) if len(argv) > 1 else None
     _config = agent_config.load(path).with_limits(slots=slots)
-    requested = argv[2] if len(argv) > 2 else _config.sandbox
+    # As `nodeagent run` chooses: its argument, else NODEAGENT_SANDBOX, else the config's.
+    requested = argv[2] if len(argv) > 2 else os.environ.get("NODEAGENT_SANDBOX") or _config.sandbox
     image = argv[3] if len(argv) > 3 else _config.sandbox_image
     try:
         _sandbox = sandbox.choose(requested, image)
