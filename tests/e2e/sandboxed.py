@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -34,7 +33,6 @@ def containers_created() -> Iterator[Counter[str]]:
     try:
         yield created
     finally:
-        time.sleep(1)
         events.close()
 
 

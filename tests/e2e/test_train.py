@@ -57,13 +57,15 @@ def test_a_train_job_on_a_render_jobs_dataset_learns_and_its_model_predicts(stac
     image("nodeagent")  # fails with what to do when Docker or the image is missing (skips on HASHWORK_NO_DOCKER=1)
     with containers_created() as created:
         render_id, job_id, final = _render_then_train_sandboxed(stack)
-    for agent in stack.agents:
-        status = stack.nodeagent(agent.name, "status", env=agent.env)
-        assert "sandbox: docker (hashwork/nodeagent:local)" in status.stdout, status.stdout
-        ran = [x for x in agent.assignments() if x["state"] in {"submitted", "accepted"}]
-        assert {x["kind"] for x in ran} == {"render", "train"}
-        assert created[agent.node_id] >= len(ran)  # a container for every assignment
-        assert containers_left(agent.node_id) == []
+        for agent in stack.agents:
+            status = stack.nodeagent(agent.name, "status", env=agent.env)
+            assert "sandbox: docker (hashwork/nodeagent:local)" in status.stdout, status.stdout
+            ran = [x for x in agent.assignments() if x["state"] in {"submitted", "accepted"}]
+            assert {x["kind"] for x in ran} == {"render", "train"}
+            # A container for every assignment (the engine's events reach the counter a moment after they happen).
+            node, wanted = agent.node_id, len(ran)
+            wait_for(lambda n=node, w=wanted: created[n] >= w, timeout=10, what=f"a container per assignment of {node}")
+            assert containers_left(agent.node_id) == []
     _predicts(stack, tmp_path, render_id, job_id, final)
 
 
