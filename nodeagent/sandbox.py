@@ -22,6 +22,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -224,102 +225,91 @@ def run(
     container is removed afterwards. WORKDIR/inputs and WORKDIR/payload.json, when present, are mounted read-only.
     TRAIN_DIR is (host folder, job id) of a train job's residuals. ON_START(name) is called once it runs.
     SandboxError when the engine fails (it cannot make or start the container)."""
+    with _engine_errors():
+        from requests.exceptions import RequestException
+
+        errors, types = sdk("errors"), sdk("types")
+        mount, gone = types.Mount, (errors.NotFound, errors.APIError)
+
+        inside = workdir_in_container(workdir)
+        (workdir / "inputs").mkdir(exist_ok=True)
+        mounts = [
+            mount(str(inside), str(workdir), type="bind"),
+            mount(str(inside / "inputs"), str(workdir / "inputs"), type="bind", read_only=True),
+        ]
+        if (workdir / "payload.json").exists():
+            payload = str(workdir / "payload.json")
+            mounts.append(mount(str(inside / "payload.json"), payload, type="bind", read_only=True))
+        writable = [workdir]
+        if train_dir is not None:
+            host, job_id = train_dir
+            if not _JOB_ID.match(job_id):
+                raise SandboxError(f"job id {job_id!r} is not a plain id: refusing to mount a folder named after it")
+            host.mkdir(parents=True, exist_ok=True)
+            mounts.append(mount(str(ROOT / "train" / job_id), str(host), type="bind"))
+            writable.append(host)
+        if os.geteuid() == 0:
+            for folder in writable:
+                os.chown(folder, TASK_UID, TASK_UID)
+        engine = client(timeout=60)
+        tmpfs_mb = max(64, min(1024, limits.memory_mb // 4))
+        container = engine.containers.create(
+            image,
+            # The command replaces the image's entrypoint (the agent's: enrol, then `nodeagent run`).
+            entrypoint=command,
+            name=name,
+            user=container_user(),
+            working_dir=str(inside),
+            # No secrets here: the image's own environment (PATH, PYTHONPATH) and a HOME the task can write (tmpfs).
+            environment={"HOME": TASK_TMP, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+            network_mode="none",
+            read_only=True,
+            tmpfs={TASK_TMP: f"rw,nosuid,nodev,size={tmpfs_mb}m"},
+            mounts=mounts,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=limits.pids,
+            mem_limit=f"{limits.memory_mb}m",
+            memswap_limit=f"{limits.memory_mb}m",
+            nano_cpus=int(limits.cpus * 1e9),
+            init=True,
+            labels={LABEL: node_id},
+            log_config=types.LogConfig(type="json-file", config={"max-size": "8m", "max-file": "1"}),
+            device_requests=[types.DeviceRequest(count=gpus, capabilities=[["gpu"]])] if gpus else None,
+            detach=True,
+        )
+        started = time.monotonic()
+        timed_out = False
+        try:
+            container.start()
+            if on_start is not None:
+                on_start(container.name)
+            try:
+                status = container.wait(timeout=time_limit)
+            except RequestException:
+                timed_out = True
+                with contextlib.suppress(*gone):
+                    container.kill()
+                status = container.wait(timeout=30)
+            seconds = time.monotonic() - started
+            container.reload()
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+            log = container.logs(stdout=True, stderr=True, tail=2000)[-LOG_TAIL_BYTES:]
+            return Outcome(int(status.get("StatusCode", -1)), timed_out, oom, seconds, log)
+        finally:
+            with contextlib.suppress(*gone):
+                container.remove(force=True)
+            engine.close()
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The Docker SDK's own failures (the engine cannot make or start a container) as a SandboxError."""
     errors = sdk("errors")
     try:
-        return _run(
-            image=image, name=name, workdir=workdir, command=command, limits=limits, time_limit=time_limit,
-            node_id=node_id, train_dir=train_dir, gpus=gpus, on_start=on_start,
-        )  # fmt: skip
+        yield
     except errors.DockerException as exc:
         raise SandboxError(f"the Docker engine failed: {_first_line(exc)}") from exc
-
-
-def _run(
-    *,
-    image: str,
-    name: str,
-    workdir: Path,
-    command: list[str],
-    limits: Limits,
-    time_limit: float,
-    node_id: str,
-    train_dir: tuple[Path, str] | None,
-    gpus: int,
-    on_start: Any,
-) -> Outcome:
-    from requests.exceptions import RequestException
-
-    errors, types = sdk("errors"), sdk("types")
-    mount, gone = types.Mount, (errors.NotFound, errors.APIError)
-
-    inside = workdir_in_container(workdir)
-    (workdir / "inputs").mkdir(exist_ok=True)
-    mounts = [
-        mount(str(inside), str(workdir), type="bind"),
-        mount(str(inside / "inputs"), str(workdir / "inputs"), type="bind", read_only=True),
-    ]
-    if (workdir / "payload.json").exists():
-        mounts.append(mount(str(inside / "payload.json"), str(workdir / "payload.json"), type="bind", read_only=True))
-    writable = [workdir]
-    if train_dir is not None:
-        host, job_id = train_dir
-        if not _JOB_ID.match(job_id):
-            raise SandboxError(f"job id {job_id!r} is not a plain id: refusing to mount a folder named after it")
-        host.mkdir(parents=True, exist_ok=True)
-        mounts.append(mount(str(ROOT / "train" / job_id), str(host), type="bind"))
-        writable.append(host)
-    if os.geteuid() == 0:
-        for folder in writable:
-            os.chown(folder, TASK_UID, TASK_UID)
-    engine = client(timeout=60)
-    tmpfs_mb = max(64, min(1024, limits.memory_mb // 4))
-    container = engine.containers.create(
-        image,
-        # The command replaces the image's entrypoint (the agent's: enrol, then `nodeagent run`).
-        entrypoint=command,
-        name=name,
-        user=container_user(),
-        working_dir=str(inside),
-        # No secrets here: the image's own environment (PATH, PYTHONPATH) and a HOME the task can write (tmpfs).
-        environment={"HOME": TASK_TMP, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
-        network_mode="none",
-        read_only=True,
-        tmpfs={TASK_TMP: f"rw,nosuid,nodev,size={tmpfs_mb}m"},
-        mounts=mounts,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        pids_limit=limits.pids,
-        mem_limit=f"{limits.memory_mb}m",
-        memswap_limit=f"{limits.memory_mb}m",
-        nano_cpus=int(limits.cpus * 1e9),
-        init=True,
-        labels={LABEL: node_id},
-        log_config=types.LogConfig(type="json-file", config={"max-size": "8m", "max-file": "1"}),
-        device_requests=[types.DeviceRequest(count=gpus, capabilities=[["gpu"]])] if gpus else None,
-        detach=True,
-    )
-    started = time.monotonic()
-    timed_out = False
-    try:
-        container.start()
-        if on_start is not None:
-            on_start(container.name)
-        try:
-            status = container.wait(timeout=time_limit)
-        except RequestException:
-            timed_out = True
-            with contextlib.suppress(*gone):
-                container.kill()
-            status = container.wait(timeout=30)
-        seconds = time.monotonic() - started
-        container.reload()
-        oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-        log = container.logs(stdout=True, stderr=True, tail=2000)[-LOG_TAIL_BYTES:]
-        return Outcome(int(status.get("StatusCode", -1)), timed_out, oom, seconds, log)
-    finally:
-        with contextlib.suppress(*gone):
-            container.remove(force=True)
-        engine.close()
 
 
 def describe_failure(outcome: Outcome, *, kind: str, limit: float, limits: Limits) -> str | None:
