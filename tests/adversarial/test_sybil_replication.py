@@ -134,7 +134,7 @@ class TestOneOperator:
         prove(sybil_a, sybil_b)  # preferred: without the rule they would take both replicas
         job = benchmark_job(replication=2)
         task = job.tasks.get()
-        with caplog.at_level(logging.DEBUG, logger="marketplace.jobs.dispatch"):
+        with caplog.at_level(logging.DEBUG, logger="marketplace.jobs.leasing"):
             assert len(dispatch.schedule()) == 2
         # The harm did not happen: one of Mallory's nodes and the honest one, never both of hers.
         held = holders(task)

@@ -80,11 +80,13 @@ class ResultOutputNodeSerializer(serializers.ModelSerializer):  # type: ignore[t
 
 class AssignmentResultApi(UploadCapMixin, NodeApiView):
     parser_classes = [MultiPartParser, CappedFormParser]
+    assignment: Assignment | None = None
 
     def upload_cap(self, request: Request, **kwargs: Any) -> UploadCap:
         """The artifact streams under its kind's cap (HASHWORK_ARTIFACT_LIMITS, else the kind's own, the rule
         result_submit checks too); another node's assignment is a 404 before a byte of the body is read."""
         assignment = selectors.assignment_get_for_node(assignment_id=kwargs["assignment_id"], node=request.auth)
+        self.assignment = assignment  # read once per upload: post() and result_submit use it
         kind = assignment.task.job.kind
         limit = settings.HASHWORK["ARTIFACT_LIMITS"].get(kind) or kinds.get(kind).artifact_max_bytes
         return UploadCap(limit, f"A {kind} result")
@@ -93,15 +95,21 @@ class AssignmentResultApi(UploadCapMixin, NodeApiView):
         operation_id="assignments_result_create",
         request={"multipart/form-data": ResultSubmitInputSerializer},
         responses={201: ResultOutputNodeSerializer, **error_responses(400, 401, 404, 409, 413)},
-        description="Upload the artifact of a running assignment with its sha256 and signature. The artifact streams "
+        description="Upload the artifact of a running assignment (or of a leased one within its start window, which "
+        "starts it too) with its sha256 and signature. The artifact streams "
         "under its kind's size cap: past it the upload is refused with a 413 naming the cap, and nothing is kept.",
     )
     def post(self, request: Request, assignment_id: UUID) -> Response:
-        # Ownership before validation: another node learns nothing, not even which fields are wrong.
-        selectors.assignment_get_for_node(assignment_id=assignment_id, node=request.auth)
+        # Ownership before validation (upload_cap read it): another node learns nothing, not even which fields are
+        # wrong.
+        assignment = self.assignment or selectors.assignment_get_for_node(
+            assignment_id=assignment_id, node=request.auth
+        )
         data = ResultSubmitInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        result = services.result_submit(assignment_id=assignment_id, node=request.auth, **data.validated_data)
+        result = services.result_submit(
+            assignment_id=assignment_id, node=request.auth, assignment=assignment, **data.validated_data
+        )
         return Response(ResultOutputNodeSerializer(result).data, status=status.HTTP_201_CREATED)
 
 

@@ -61,10 +61,14 @@ def result_submit(
     sha256: str,
     signature: str,
     metrics: dict[str, Any],
+    assignment: Assignment | None = None,
 ) -> Result:
-    """Store a node's result for its running assignment. Checks that need no key come first, so bad input
-    is refused before anything is written; a repeated identical upload returns the first result."""
-    assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
+    """Store a node's result for its running assignment, or for a leased one within its start window (the result
+    then starts it too: a short task needs no separate start call). Checks that need no key come first, so bad
+    input is refused before anything is written; a repeated identical upload returns the first result.
+    `assignment`, when the caller has it, is this node's assignment `assignment_id` as just read."""
+    if assignment is None or assignment.id != assignment_id or assignment.node_id != node.id:
+        assignment = selectors.assignment_get_for_node(assignment_id=assignment_id, node=node)
     fields: dict[str, list[str]] = {}
     sha256 = sha256.strip().lower()
     if not SHA256_RE.match(sha256):
@@ -93,8 +97,10 @@ def result_submit(
             return existing
         raise Conflict("A different result was already submitted for this assignment.")
     now = timezone.now()
-    if assignment.state != AssignmentState.RUNNING:
+    if assignment.state not in (AssignmentState.RUNNING, AssignmentState.LEASED):
         raise Conflict(f"This assignment is {assignment.state}; results are taken only while it runs.")
+    if assignment.state == AssignmentState.LEASED and assignment.start_by < now:
+        raise Conflict("This assignment was not started within its start window; the result is not accepted.")
     if assignment.lease_expires_at < now:
         raise Conflict("The lease on this assignment has expired; the result is not accepted.")
     artifact.seek(0)
@@ -107,6 +113,10 @@ def result_submit(
                 f"This assignment's task is {task_state}: the result is not needed and is not paid.",
                 {"task_state": task_state},
             )
+        if assignment.state == AssignmentState.LEASED and not Assignment.objects.filter(
+            id=assignment.id, state=AssignmentState.LEASED, start_by__gte=now
+        ).update(state=AssignmentState.RUNNING, started_at=now):
+            raise Conflict("This assignment changed state while the result was uploaded.")
         if not dispatch.assignment_end(assignment_id=assignment.id, to=AssignmentState.SUBMITTED, submitted_at=now):
             raise Conflict("This assignment changed state while the result was uploaded.")
         result = Result(assignment=assignment, sha256=sha256, size=artifact.size, metrics=metrics, signature=signature)

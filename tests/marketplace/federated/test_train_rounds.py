@@ -16,12 +16,14 @@ from uuid import UUID
 import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from marketplace.federated import rounds as federated
 from marketplace.federated.models import RoundState, TrainData, TrainRound
 from marketplace.federated.updates import quorum
 from marketplace.jobs import dispatch, services, verification
 from marketplace.jobs.models import Assignment, AssignmentState, Job, JobState, Task, TaskState
+from marketplace.nodes.models import Node
 from marketplace.payments.models import Payout
 from nodeagent.runners import train as train_runner
 from tests.conftest import NodePersona, Persona, make_node
@@ -405,6 +407,9 @@ def _run_job(poster: Persona, nodes: list[NodePersona], dataset: bytes, tmp: Pat
     one (the round then closes with the other two, its quorum)."""
     job = _started(poster, dataset, rounds=2, participants=3, validation_fraction=0.3)
     for index in range(2):
+        # The nodes heartbeat, as agents do while they work: on a slow machine the three jobs outlast
+        # NODE_ONLINE_SECONDS, and a node last heard from at its creation is offline (leased nothing).
+        Node.objects.filter(id__in=[n.node.id for n in nodes]).update(last_heartbeat=timezone.now())
         for assignment_id, node in _by_node(dispatch.schedule(), nodes).items():
             first = Assignment.objects.get(id=assignment_id).task.payload["participant"] == 0
             if first and participant_0 == "absent":

@@ -151,7 +151,36 @@ def test_a_result_after_the_lease_expired_is_refused(node: Any, assignment: Assi
     assert not Result.objects.exists()
 
 
-def test_a_result_for_an_assignment_that_never_started_is_refused(node: Any, assignment: Assignment) -> None:
+def test_a_result_for_a_leased_assignment_starts_and_submits_it_in_one_call(node: Any, assignment: Assignment) -> None:
+    assert Assignment.objects.get(id=assignment.id).state == AssignmentState.LEASED
+    response = _upload(node, assignment)
+    assert response.status_code == 201, response.json()
+    stored = Assignment.objects.get(id=assignment.id)
+    assert stored.state == AssignmentState.SUBMITTED
+    assert stored.started_at is not None
+    assert stored.submitted_at is not None
+    assert stored.started_at <= stored.submitted_at
+    assert Result.objects.filter(assignment=assignment).count() == 1
+
+
+def test_a_result_for_a_lease_past_its_start_window_is_a_409_and_nothing_is_kept(
+    node: Any, assignment: Assignment
+) -> None:
+    Assignment.objects.filter(id=assignment.id).update(start_by=timezone.now() - timedelta(seconds=1))
     response = _upload(node, assignment)
     assert response.status_code == 409
+    assert "start window" in response.json()["message"]
+    stored = Assignment.objects.get(id=assignment.id)
+    assert (stored.state, stored.started_at) == (AssignmentState.LEASED, None)
+    assert not Result.objects.exists()
+
+
+@pytest.mark.parametrize("state", [AssignmentState.CANCELLED, AssignmentState.EXPIRED, AssignmentState.RELEASED])
+def test_a_result_for_an_assignment_that_ended_is_a_409_and_nothing_is_kept(
+    node: Any, assignment: Assignment, state: str
+) -> None:
+    Assignment.objects.filter(id=assignment.id).update(state=state)
+    response = _upload(node, assignment)
+    assert response.status_code == 409
+    assert Assignment.objects.get(id=assignment.id).state == state
     assert not Result.objects.exists()
