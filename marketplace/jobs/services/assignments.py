@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -183,7 +184,7 @@ def node_heartbeat(
         if total < 1 or not 0 <= done <= total:
             raise ValidationFailed({"progress": [f"Assignment {assignment_id}: need 0 ≤ done ≤ total and total ≥ 1."]})
     now = timezone.now()
-    updates: dict[str, Any] = {"last_heartbeat": now, "accepting": accepting}
+    updates: dict[str, Any] = {"accepting": accepting}
     if capabilities is not None:
         updates["capabilities"] = capabilities
     # An agent too old to report its broker is taken as consuming, as before the report existed (and a node whose
@@ -192,21 +193,38 @@ def node_heartbeat(
     updates.update(broker_ok=broker_ok, broker_error="" if broker is None or broker.ok else broker.error)
     if not broker_ok:
         updates["broker_failed_at"] = now
-    Node.objects.filter(id=node.id).update(**updates)
+    was_broker_ok = node.broker_ok
+    if _heartbeat_write_due(node=node, updates=updates, now=now):
+        updates["last_heartbeat"] = now
+        Node.objects.filter(id=node.id).update(**updates)
+        for name, value in updates.items():
+            setattr(node, name, value)
     revoked = dispatch.leases_extend(node=node, assignment_ids=running or [], progress=progress)
     if broker is not None and not broker.ok:
-        if node.broker_ok:
+        if was_broker_ok:
             logger.warning("node %s: its worker does not consume: %s", node.id, broker.error or "no reason given")
         delivery.node_leases_release(node_id=node.id)
         _broker_restore(node=node)
-    # Told once: the request is cleared by the heartbeat that carries it.
-    withdraw = bool(
+    # Told once: the request is cleared by the heartbeat that carries it (the row as authentication read it says
+    # whether there is one; a request made since is told at the next heartbeat).
+    withdraw = node.withdraw_requested_at is not None and bool(
         Node.objects.filter(id=node.id, withdraw_requested_at__isnull=False).update(withdraw_requested_at=None)
     )
-    node.refresh_from_db()
+    if revoked or withdraw or not broker_ok:
+        node.refresh_from_db()
     if accepting and free_slots > 0 and node.broker_ok:
         schedule_request()
     return Heartbeat(node=node, revoked=revoked, withdraw=withdraw)
+
+
+def _heartbeat_write_due(*, node: Node, updates: dict[str, Any], now: datetime) -> bool:
+    """Whether this heartbeat writes the node's row: when it reports something new, or the stored heartbeat is
+    HEARTBEAT_WRITE_SECONDS old. A steady node's heartbeat then costs one read (its authentication), not a write:
+    what reads `last_heartbeat` (online, leasable) allows NODE_ONLINE_SECONDS, far more than that lag."""
+    if any(getattr(node, name) != value for name, value in updates.items()):
+        return True
+    every = timedelta(seconds=settings.HASHWORK["HEARTBEAT_WRITE_SECONDS"])
+    return node.last_heartbeat is None or now - node.last_heartbeat >= every
 
 
 def _broker_restore(*, node: Node) -> None:
