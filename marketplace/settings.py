@@ -214,8 +214,9 @@ LOG_BLOCK_RANGE = CONFIG.log_block_range
 HASHWORK = {
     "NODE_ONLINE_SECONDS": CONFIG.node_online_seconds,
     # A heartbeat that reports nothing new writes the node's row only when the stored one is this old (seconds):
-    # steady nodes cost a read per heartbeat, not a write. Well under NODE_ONLINE_SECONDS.
-    "HEARTBEAT_WRITE_SECONDS": 15,
+    # steady nodes cost a read per heartbeat, not a write. A third of NODE_ONLINE_SECONDS at most, so a node that
+    # heartbeats is never seen offline.
+    "HEARTBEAT_WRITE_SECONDS": min(15.0, CONFIG.node_online_seconds / 3),
     "JOB_DEFAULT_DEADLINE_HOURS": CONFIG.job_default_deadline_hours,
     "JOB_MAX_DEADLINE_HOURS": 24 * 90,
     "DEV_FUNDING": CONFIG.dev_funding,

@@ -26,6 +26,7 @@ class TaskName(StrEnum):
     SCHEDULE = "jobs.schedule"
     LEASES_EXPIRE = "jobs.leases_expire"
     TASK_VERIFY = "jobs.task_verify"
+    VERIFY_DRAIN = "jobs.verify_drain"
     WORK_SWEEP = "jobs.work_sweep"
     CHAIN_SYNC = "payments.chain_sync"
     SETTLE = "payments.settle"
@@ -63,6 +64,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.LEASES_EXPIRE: Queue.SCHEDULER,
     TaskName.WORK_SWEEP: Queue.SCHEDULER,
     TaskName.TASK_VERIFY: Queue.VERIFY,
+    TaskName.VERIFY_DRAIN: Queue.VERIFY,
     TaskName.CHAIN_SYNC: Queue.CHAIN,
     TaskName.RENDER_MERGE: Queue.AGGREGATE,
     TaskName.ROUND_CLOSE: Queue.REPLAY,

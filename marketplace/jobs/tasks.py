@@ -13,7 +13,7 @@ from marketplace.core import deliveries
 from marketplace.core.enqueue import SCHEDULE_PENDING_KEY, schedule_request
 from marketplace.core.queues import TaskName, time_limits
 from marketplace.core.redis_admin import forget
-from marketplace.jobs import dispatch, services, verification
+from marketplace.jobs import dispatch, services, verification, verify_batches
 from marketplace.jobs.services import sweep
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ def task_verify_task(task_id: str) -> str:
     state = verification.task_verify(task_id=UUID(task_id))
     schedule_request()
     return state
+
+
+# Many verifications per message (verify_batches); not delivery-bounded as a whole: a task id it took and did not
+# finish is queued again by the work sweep, alone and bounded.
+@shared_task(name=TaskName.VERIFY_DRAIN.value, acks_late=True, **time_limits(TaskName.VERIFY_DRAIN))
+def verify_drain_task() -> int:
+    return verify_batches.verify_drain()
 
 
 @shared_task(name=TaskName.JOBS_EXPIRE.value, acks_late=True, **time_limits(TaskName.JOBS_EXPIRE))

@@ -16,11 +16,10 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from marketplace.core.enqueue import enqueue, schedule_request
+from marketplace.core.enqueue import schedule_request
 from marketplace.core.exceptions import Conflict, ValidationFailed
-from marketplace.core.queues import TaskName
 from marketplace.core.redis_admin import once_per
-from marketplace.jobs import delivery, dispatch, kinds, selectors, signing
+from marketplace.jobs import delivery, dispatch, kinds, selectors, signing, verify_batches
 from marketplace.jobs.models import Assignment, AssignmentState, Result, Task, TaskState
 from marketplace.nodes.models import Node
 from marketplace.nodes.services import node_broker_restore
@@ -123,7 +122,7 @@ def result_submit(
         result = Result(assignment=assignment, sha256=sha256, size=artifact.size, metrics=metrics, signature=signature)
         result.artifact.save(f"{assignment.id}.bin", artifact, save=False)
         result.save()
-        enqueue(TaskName.TASK_VERIFY, assignment.task_id)
+        verify_batches.verify_request(assignment.task_id)
         schedule_request()
     logger.info("result %s stored for assignment %s of node %s", result.id, assignment.id, node.id)
     return result
