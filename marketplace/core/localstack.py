@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,22 +123,37 @@ class LocalStack:
         treasury = Sender(w3, keys[-1]).address
         return deploy(w3, Sender(w3, keys[0]), treasury, DEFAULT_FEE_BPS, deployments_file=self.deployments_file)
 
-    def start_services(self, *, port: int, web_workers: int, settlement: bool = True) -> str:
+    def start_services(
+        self,
+        *,
+        port: int,
+        web_workers: int,
+        settlement: bool = True,
+        extra_web_ports: Sequence[int] = (),
+        workers: int = 1,
+        beats: int = 1,
+    ) -> str:
         """The web server on 127.0.0.1:`port`, a marketplace worker, the replay worker, the settlement worker and
-        beat, in that order (so they stop the other way round); returns the web server's base URL."""
+        beat, in that order (so they stop the other way round); returns the web server's base URL.
+
+        Scale-out (tests/bench, bench/): one more web server on each of `extra_web_ports`, `workers` marketplace
+        workers and `beats` beats (each beat with a schedule file of its own), all on the same database and Redis."""
         python = sys.executable
-        self.supervisor.start(
-            "web",
-            [python, "-m", "gunicorn", "marketplace.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "10"],
-            self.env,
-        )  # fmt: skip
-        self.supervisor.start(
-            "worker",
-            [python, "-m", "celery", "-A", "marketplace", "worker", "--queues", ",".join(MARKETPLACE_QUEUES),
-             "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"marketplace-{self.tag}@%h"],
-            self.env,
-        )  # fmt: skip
+        for n, web_port in enumerate((port, *extra_web_ports)):
+            self.supervisor.start(
+                "web" if n == 0 else f"web-{n + 1}",
+                [python, "-m", "gunicorn", "marketplace.wsgi:application", "--bind", f"127.0.0.1:{web_port}",
+                 "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "10"],
+                self.env,
+            )  # fmt: skip
+        for n in range(workers):
+            suffix = "" if n == 0 else f"-{n + 1}"
+            self.supervisor.start(
+                f"worker{suffix}",
+                [python, "-m", "celery", "-A", "marketplace", "worker", "--queues", ",".join(MARKETPLACE_QUEUES),
+                 "--concurrency", "2", "--loglevel", "INFO", "--hostname", f"marketplace-{self.tag}{suffix}@%h"],
+                self.env,
+            )  # fmt: skip
         # Round closes (training replays) have a pool of their own: the worker above never runs one.
         self.supervisor.start(
             "replay",
@@ -151,6 +166,14 @@ class LocalStack:
         self.supervisor.start(
             "beat", [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO"], self.env
         )
+        for n in range(1, beats):
+            schedule = self.var_dir / f"celerybeat-schedule-{n + 1}"
+            self.supervisor.start(
+                f"beat-{n + 1}",
+                [python, "-m", "celery", "-A", "marketplace", "beat", "--loglevel", "INFO",
+                 "--schedule", str(schedule)],
+                self.env,
+            )  # fmt: skip
         return f"http://127.0.0.1:{port}"
 
     def start_settlement(self) -> None:

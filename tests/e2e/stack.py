@@ -93,9 +93,19 @@ class Stack:
     short leases, and the test's view of it: a poster's session, agents, jobs."""
 
     def __init__(
-        self, var_dir: Path, *, chain: bool | devchain.Engine = False, settlement: bool = True, **settings_env: str
+        self,
+        var_dir: Path,
+        *,
+        chain: bool | devchain.Engine = False,
+        settlement: bool = True,
+        web_servers: int = 1,
+        workers: int = 1,
+        beats: int = 1,
+        **settings_env: str,
     ) -> None:
         self.var_dir = var_dir
+        # Scale-out (tests/bench): web servers on ports of their own (`urls`), marketplace workers and beats.
+        self.web_servers, self.workers, self.beats = web_servers, workers, beats
         self.with_chain = chain
         # chain=True: Anvil; chain="hardhat": Hardhat Network (the product's second local chain).
         self.engine: devchain.Engine = chain if isinstance(chain, str) else "anvil"
@@ -112,6 +122,8 @@ class Stack:
             database_url = f"sqlite:///{var_dir / 'e2e.sqlite3'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_ports = [free_port() for _ in range(web_servers - 1)]
+        self.urls = [self.url, *(f"http://127.0.0.1:{port}" for port in self.extra_ports)]
         self.local = LocalStack(
             var_dir,
             {
@@ -173,8 +185,16 @@ class Stack:
             self.local.chain_start(engine=self.engine)
             self.local.contracts_ensure()
         self.manage("migrate", "--noinput", "-v", "0")
-        self.local.start_services(port=self.port, web_workers=3, settlement=self.with_settlement)
-        self.local.web_wait(self.url, timeout=60)
+        self.local.start_services(
+            port=self.port,
+            web_workers=3,
+            settlement=self.with_settlement,
+            extra_web_ports=self.extra_ports,
+            workers=self.workers,
+            beats=self.beats,
+        )
+        for url in self.urls:
+            self.local.web_wait(url, timeout=60)
         self.poster_token = self.manage("token", "poster", "--create")
         self.operator_token = self.manage("token", "operator", "--create")
         self.operator_tokens = {"operator": self.operator_token}
@@ -187,6 +207,18 @@ class Stack:
         if username not in self.operator_tokens:
             self.operator_tokens[username] = self.manage("token", username, "--create")
         return self.operator_tokens[username]
+
+    def operator_tokens_many(self, count: int, *, prefix: str = "sim-operator") -> list[str]:
+        """API tokens of `count` operators (`prefix`-0, -1, …), made on first use: a fleet of simulated nodes needs
+        one per ENROLMENTS_PER_HOUR nodes, and replicas of a task go to distinct operators."""
+        return [self.operator_token_of(f"{prefix}-{n}") for n in range(count)]
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the stack's own database (PostgreSQL), for checking its invariants."""
+        assert self.database is not None, "sql() needs the PostgreSQL stack"
+        db = settings.DATABASES["default"]
+        with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=self.database) as conn:
+            return list(conn.execute(query, params).fetchall())  # type: ignore[arg-type]
 
     def agent(
         self, name: str, *, slots: int = 1, extra_env: dict[str, str] | None = None, operator: str | None = None
