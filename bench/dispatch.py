@@ -4,7 +4,7 @@ the node simulator (bench/nodesim.py: the real protocol, results computed in-pro
 marketplace rather than the agents' runners).
 
     .venv/bin/python bench/dispatch.py [--tasks 200] [--raw-tasks 2000] [--repeats 3] [--skip-agents] \
-        [--sim-nodes 10 20] [--sim-slots 2]
+        [--sim-nodes 10 20] [--sim-slots 2] [--sim-start] [--web-threads 1]
 
 A simulator row's rate is its tasks over the server's own window, from the first lease to the last acceptance
 (the assignments' timestamps), so that job posting and funding (a manage.py process) stay out of it; its wall
@@ -85,7 +85,9 @@ STEPS_SQL = """
 """
 
 
-def simulator_path(tasks: int, nodes: int, slots: int) -> tuple[float, float, dict[str, float]]:
+def simulator_path(
+    tasks: int, nodes: int, slots: int, start_call: bool = False, web_threads: int = 1
+) -> tuple[float, float, dict[str, float]]:
     """(verified tasks/s over the server's lease→accept window, the same over wall time from posting, median
     seconds of each step) of tiny benchmark tasks with `nodes` simulated nodes of `slots` slots."""
     from bench.nodesim import ENROLMENTS_PER_OPERATOR, Fleet
@@ -94,11 +96,15 @@ def simulator_path(tasks: int, nodes: int, slots: int) -> tuple[float, float, di
     with tempfile.TemporaryDirectory(prefix="hw-bench-") as tmp:
         # The default heartbeat interval (10 s) with the default online window (90 s); leases long enough.
         stack = Stack(
-            Path(tmp), NODE_ONLINE_SECONDS="90", HASHWORK_LEASE_SECONDS="120", HASHWORK_START_WINDOW_SECONDS="120"
+            Path(tmp),
+            web_threads=web_threads,
+            NODE_ONLINE_SECONDS="90",
+            HASHWORK_LEASE_SECONDS="120",
+            HASHWORK_START_WINDOW_SECONDS="120",
         ).start()
         try:
             operators = stack.operator_tokens_many(-(-nodes // ENROLMENTS_PER_OPERATOR))
-            with Fleet(stack.url, operators, nodes=nodes, slots=slots, heartbeat_seconds=10.0):
+            with Fleet(stack.url, operators, nodes=nodes, slots=slots, heartbeat_seconds=10.0, start_call=start_call):
                 started = time.perf_counter()
                 job_id = stack.post_job({"tasks": tasks, "matrix_size": 8, "seed": 1}, replication=1)
                 stack.wait_job(job_id, timeout=1800)
@@ -125,6 +131,15 @@ def main() -> None:
         help="fleet sizes of the simulator rows (default 10; none: no simulator rows)",
     )  # fmt: skip
     parser.add_argument("--sim-slots", type=int, default=2, help="slots per simulated node (default 2)")
+    parser.add_argument(
+        "--web-threads", type=int, default=1,
+        help="threads per web worker process in the simulator rows (gunicorn gthread when > 1; default 1: sync)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sim-start", action="store_true",
+        help="simulated nodes call start before their result, as the agent does (default: the result starts the "
+        "lease, one request per assignment)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import django
@@ -147,20 +162,28 @@ def main() -> None:
         agents: dict[int, list[float]] = {}
         if not args.skip_agents:
             agents = {n: [marketplace_path(args.tasks, n) for _ in range(args.repeats)] for n in (1, 2)}
-        sims = {n: [simulator_path(args.tasks, n, args.sim_slots) for _ in range(args.repeats)] for n in args.sim_nodes}
+        sims = {
+            n: [
+                simulator_path(args.tasks, n, args.sim_slots, args.sim_start, args.web_threads)
+                for _ in range(args.repeats)
+            ]
+            for n in args.sim_nodes
+        }
     finally:
         if started_redis is not None:
             embedded_redis.stop(started_redis)
     raw_m = statistics.median(raw)
-    print(f"{'path':<58}{'tasks/s':>10}{'vs raw':>10}")
-    print(f"{'raw Celery round trip (no-op, 2 processes)':<58}{raw_m:>10.1f}{1:>10.3f}")
+    print(f"{'path':<72}{'tasks/s':>10}{'vs raw':>10}")
+    print(f"{'raw Celery round trip (no-op, 2 processes)':<72}{raw_m:>10.1f}{1:>10.3f}")
     for n, runs in agents.items():
         label = f"marketplace, {n} agent{'s' if n > 1 else ''} (2 slots{' each' if n > 1 else ''}), accepted"
-        print(f"{label:<58}{statistics.median(runs):>10.1f}{statistics.median(runs) / raw_m:>10.3f}")
+        print(f"{label:<72}{statistics.median(runs):>10.1f}{statistics.median(runs) / raw_m:>10.3f}")
     for n, sim_runs in sims.items():
         rate = statistics.median(r[0] for r in sim_runs)
-        label = f"marketplace, simulator ({n} nodes × {args.sim_slots} slots), verified"
-        print(f"{label:<58}{rate:>10.1f}{rate / raw_m:>10.3f}")
+        calls = "start + result" if args.sim_start else "result only"
+        web = f", web {args.web_threads} threads" if args.web_threads > 1 else ""
+        label = f"marketplace, simulator ({n} nodes × {args.sim_slots} slots, {calls}{web}), verified"
+        print(f"{label:<72}{rate:>10.1f}{rate / raw_m:>10.3f}")
     print(f"runs: raw {[round(x, 1) for x in raw]}")
     for n, runs in agents.items():
         print(f"  {n} agent(s): {[round(x, 1) for x in runs]}")

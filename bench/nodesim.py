@@ -174,7 +174,7 @@ class SimNode:
             self.gone.set()
             counters.add("vanished")
             return
-        if self.post(f"/api/assignments/{aid}/start/").status_code != 200:
+        if self.fleet.start_call and self.post(f"/api/assignments/{aid}/start/").status_code != 200:
             counters.add("refused")
             return
         counters.add("started")
@@ -240,6 +240,7 @@ class Fleet:
         heartbeat_seconds: float = 10.0,
         seed: int = 0,
         per_operator: int = ENROLMENTS_PER_OPERATOR,
+        start_call: bool = True,
     ) -> None:
         self.urls = [url] if isinstance(url, str) else list(url)
         self.url = self.urls[0]
@@ -250,6 +251,8 @@ class Fleet:
         self.nodes_wanted = nodes
         self.slots = slots
         self.heartbeat_seconds = heartbeat_seconds
+        # Without the start call the result starts its leased assignment (one request per assignment, not two).
+        self.start_call = start_call
         self.behaviours = behaviours_draw(nodes, fail=fail, vanish=vanish, wrong=wrong, seed=seed)
         self.per_operator = per_operator
         self.capabilities = probe.probe()
@@ -335,10 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of which node behaves how")
     parser.add_argument("--every", type=float, default=2.0, help="seconds between progress lines (default 2)")
+    parser.add_argument(
+        "--no-start", action="store_true",
+        help="skip the start call: the result starts its leased assignment (one request per assignment, not two)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     fleet = Fleet(
         args.url.rstrip("/"), args.operator_token, nodes=args.nodes, slots=args.slots, fail=args.fail,
         vanish=args.vanish, wrong=args.wrong, heartbeat_seconds=args.heartbeat_seconds, seed=args.seed,
+        start_call=not args.no_start,
     )  # fmt: skip
     began = time.perf_counter()
     fleet.enrol()

@@ -132,18 +132,21 @@ class LocalStack:
         extra_web_ports: Sequence[int] = (),
         workers: int = 1,
         beats: int = 1,
+        web_threads: int = 1,
     ) -> str:
         """The web server on 127.0.0.1:`port`, a marketplace worker, the replay worker, the settlement worker and
         beat, in that order (so they stop the other way round); returns the web server's base URL.
 
         Scale-out (tests/bench, bench/): one more web server on each of `extra_web_ports`, `workers` marketplace
-        workers and `beats` beats (each beat with a schedule file of its own), all on the same database and Redis."""
+        workers and `beats` beats (each beat with a schedule file of its own), all on the same database and Redis.
+        `web_threads` > 1 runs each web worker process with that many threads (gunicorn's gthread worker)."""
         python = sys.executable
         for n, web_port in enumerate((port, *extra_web_ports)):
             self.supervisor.start(
                 "web" if n == 0 else f"web-{n + 1}",
                 [python, "-m", "gunicorn", "marketplace.wsgi:application", "--bind", f"127.0.0.1:{web_port}",
-                 "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "10"],
+                 "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "10",
+                 *(["--worker-class", "gthread", "--threads", str(web_threads)] if web_threads > 1 else [])],
                 self.env,
             )  # fmt: skip
         for n in range(workers):

@@ -101,11 +101,13 @@ class Stack:
         web_servers: int = 1,
         workers: int = 1,
         beats: int = 1,
+        web_threads: int = 1,
         **settings_env: str,
     ) -> None:
         self.var_dir = var_dir
         # Scale-out (tests/bench): web servers on ports of their own (`urls`), marketplace workers and beats.
         self.web_servers, self.workers, self.beats = web_servers, workers, beats
+        self.web_threads = web_threads
         self.with_chain = chain
         # chain=True: Anvil; chain="hardhat": Hardhat Network (the product's second local chain).
         self.engine: devchain.Engine = chain if isinstance(chain, str) else "anvil"
@@ -192,6 +194,7 @@ class Stack:
             extra_web_ports=self.extra_ports,
             workers=self.workers,
             beats=self.beats,
+            web_threads=self.web_threads,
         )
         for url in self.urls:
             self.local.web_wait(url, timeout=60)
