@@ -14,7 +14,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.core.enqueue import schedule_request
-from marketplace.jobs import delivery, diversity, kinds
+from marketplace.jobs import delivery, diversity, kinds, policy
 from marketplace.jobs.leases import lease_bound, lease_windows
 from marketplace.jobs.leasing import (
     LEASABLE_TASK_STATES,
@@ -102,7 +102,7 @@ def _attempt_lost(*, task_id: UUID, node_id: UUID, expired: bool, reason: str) -
     block, _ = JobNodeBlock.objects.get_or_create(job_id=task.job_id, node_id=node_id)
     JobNodeBlock.objects.filter(id=block.id).update(failures=F("failures") + 1)
     block.refresh_from_db()
-    if block.failures >= settings.HASHWORK["JOB_NODE_MAX_FAILURES"] and not block.blocked:
+    if policy.node_blocked_after(block.failures) and not block.blocked:
         JobNodeBlock.objects.filter(id=block.id).update(blocked=True)
         logger.warning("node %s blocked from job %s after %d failures", node_id, task.job_id, block.failures)
     if task.state not in LEASABLE_TASK_STATES:
@@ -111,7 +111,7 @@ def _attempt_lost(*, task_id: UUID, node_id: UUID, expired: bool, reason: str) -
     # job); the job's deadline still ends a task that nobody finishes.
     operators, needed = diversity.lost_operators(task_id), settings.HASHWORK["TASK_FAIL_OPERATORS"]
     last = reason or "no reason"
-    if operators >= needed:
+    if diversity.operators_fail_task(operators):
         task_fail(
             task=task,
             reason=f"{task.lost_attempts} attempts expired or failed, on nodes of {operators} distinct operators "

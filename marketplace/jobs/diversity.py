@@ -82,8 +82,7 @@ def probation_full(node: Node) -> bool:
     if not on_probation(node.valid_count):
         return False
     live = Assignment.objects.filter(node_id=node.id, state__in=PROBATION_COUNTED).count()
-    cap = settings.HASHWORK["PROBATION_MAX_LIVE"]
-    if live < cap:
+    if probation_left(live) > 0:
         return False
     logger.info(
         "node %s is on probation (%d accepted results of PROBATION_VALID_RESULTS=%d): it holds %d open assignments, "
@@ -105,8 +104,18 @@ def probation_room(nodes: Iterable[Node]) -> dict[UUID, int]:
         .annotate(n=Count("id"))
         .values_list("node_id", "n")
     )
-    cap = settings.HASHWORK["PROBATION_MAX_LIVE"]
-    return {node_id: max(0, cap - live.get(node_id, 0)) for node_id in new}
+    return {node_id: probation_left(live.get(node_id, 0)) for node_id in new}
+
+
+def probation_left(live: int) -> int:
+    """How many more open assignments a node on probation that holds `live` of them may take."""
+    return max(0, int(settings.HASHWORK["PROBATION_MAX_LIVE"]) - live)
+
+
+def operators_fail_task(lost_operators: int) -> bool:
+    """Whether a task whose attempts nodes of `lost_operators` distinct operators have lost (or failed) fails:
+    TASK_FAIL_OPERATORS of them, so one operator's throwaway nodes, however many, cannot fail a task."""
+    return lost_operators >= settings.HASHWORK["TASK_FAIL_OPERATORS"]
 
 
 def lost_operators(task_id: UUID) -> int:

@@ -26,5 +26,10 @@ def lease_bound(kind_name: str, started_at: datetime) -> datetime:
     """The latest a running assignment's lease may reach: its start + the kind's time limit (what the agent is
     told, and kills its runner at) + `lease_margin`. A node that keeps heartbeating past it loses the assignment
     all the same: the time limit holds even against an agent that ignores it."""
+    return started_at + timedelta(seconds=lease_bound_seconds(kind_name))
+
+
+def lease_bound_seconds(kind_name: str) -> int:
+    """How long after its start a running assignment of the kind may hold its lease at most (see `lease_bound`)."""
     limit = kinds.get(kind_name).time_limit_seconds
-    return started_at + timedelta(seconds=limit + lease_margin(limit))
+    return limit + lease_margin(limit)

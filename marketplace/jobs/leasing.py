@@ -17,13 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
 from marketplace.jobs import delivery, diversity, kinds, reputation
-from marketplace.jobs.kinds import SpotCheckedKind
 from marketplace.jobs.leases import lease_windows
 from marketplace.jobs.matching import capabilities_satisfy, price_ok
 from marketplace.jobs.models import (
@@ -234,11 +232,14 @@ def _spot_check_drawn(*, task: Task, node: Node) -> bool:
     """Adaptive replication: the first replica of a task of a spot-checkable kind, on a node trusted on that kind,
     is the only one with probability 1 - REPLICATION_P; the marketplace then spot-checks it."""
     job = task.job
-    if task.spot_check or not isinstance(kinds.get(job.kind), SpotCheckedKind) or job.replication < 2:
+    if (
+        task.spot_check
+        or task.replicas_wanted != job.replication
+        or not reputation.spot_checkable(job.kind, job.replication)
+    ):
         return False
-    if task.replicas_wanted != job.replication or not reputation.trusted(node_id=node.id, kind=job.kind):
-        return False
-    return secrets.SystemRandom().random() >= settings.HASHWORK["REPLICATION_P"]
+    trusted = reputation.trusted(node_id=node.id, kind=job.kind)
+    return reputation.single_replica_drawn(trusted=trusted, draw=secrets.SystemRandom().random())
 
 
 def _deliver(granted: list[tuple[Assignment, dict[str, Any]]]) -> None:

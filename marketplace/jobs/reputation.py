@@ -11,10 +11,10 @@ it to 0 for that kind only. A node is trusted on a kind at a decayed score ≥ T
 from __future__ import annotations
 
 import logging
-import secrets
 import statistics
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from marketplace.jobs import kinds
 from marketplace.jobs.kinds import DrivenKind, SpotCheckedKind
-from marketplace.jobs.models import Job, JobState, Task
+from marketplace.jobs.models import Job, JobState
 from marketplace.nodes.models import Node, NodeReputation
 
 logger = logging.getLogger(__name__)
@@ -32,11 +32,20 @@ logger = logging.getLogger(__name__)
 PRICED_STATES = (JobState.FUNDED, JobState.RUNNING, JobState.COMPLETED)
 
 
+def halved(score: float, elapsed_seconds: float) -> float:
+    """`score` after `elapsed_seconds` of decay: halved every REPUTATION_HALF_LIFE_DAYS (never grown)."""
+    half_life = float(settings.HASHWORK["REPUTATION_HALF_LIFE_DAYS"]) * 86400.0
+    return float(score * 0.5 ** (max(0.0, elapsed_seconds) / half_life))
+
+
 def decayed(score: float, since: datetime, now: datetime) -> float:
     """`score` as it stood at `since`, halved every REPUTATION_HALF_LIFE_DAYS until `now`."""
-    half_life = float(settings.HASHWORK["REPUTATION_HALF_LIFE_DAYS"]) * 86400.0
-    elapsed = max(0.0, (now - since).total_seconds())
-    return float(score * 0.5 ** (elapsed / half_life))
+    return halved(score, (now - since).total_seconds())
+
+
+def is_trusted(score: float) -> bool:
+    """Whether a (decayed) reputation of `score` on a kind makes a node trusted on it: TRUSTED_AFTER or more."""
+    return score >= float(settings.HASHWORK["TRUSTED_AFTER"])
 
 
 def reputation_of(*, node_id: UUID, kind: str, now: datetime | None = None) -> float:
@@ -59,7 +68,7 @@ def reputations(*, node_ids: Iterable[UUID], now: datetime | None = None) -> dic
 
 def trusted(*, node_id: UUID, kind: str, now: datetime | None = None) -> bool:
     """Whether the node has earned TRUSTED_AFTER (decayed) on `kind`."""
-    return reputation_of(node_id=node_id, kind=kind, now=now) >= float(settings.HASHWORK["TRUSTED_AFTER"])
+    return is_trusted(reputation_of(node_id=node_id, kind=kind, now=now))
 
 
 def market_price(kind: str) -> int | None:
@@ -79,15 +88,29 @@ def market_price(kind: str) -> int | None:
 
 def _not_counted(*, job: Job, operator_id: int) -> str | None:
     """Why an accepted result on `job`, by a node of `operator_id`, earns no reputation; None when it does."""
-    if job.poster_id == operator_id:
+    return uncounted_reason(
+        kind=job.kind,
+        poster_id=job.poster_id,
+        operator_id=operator_id,
+        replication=job.replication,
+        price=int(job.price_per_replica),
+        going=market_price(job.kind),
+    )
+
+
+def uncounted_reason(
+    *, kind: str, poster_id: int, operator_id: int, replication: int, price: int, going: int | None
+) -> str | None:
+    """Why an accepted result on a job of `kind` (posted by `poster_id` at `price` per replica, with `replication`,
+    while the kind's market price is `going`), by a node of `operator_id`, earns no reputation; None when it does."""
+    if poster_id == operator_id:
         return "its operator posted the job"
     # A replicated kind's lone replica is checked by nobody; a driven kind (train) checks every result itself
     # (progress, norm, loss, replays), so its replication does not matter.
-    if job.replication < 2 and not isinstance(kinds.get(job.kind), DrivenKind):
-        return f"the job's replication is {job.replication}"
-    going = market_price(job.kind)
-    if going is not None and int(job.price_per_replica) < going:
-        return f"the job pays {job.price_per_replica}, below the {job.kind} market price of {going}"
+    if replication < 2 and not isinstance(kinds.get(kind), DrivenKind):
+        return f"the job's replication is {replication}"
+    if going is not None and price < going:
+        return f"the job pays {price}, below the {kind} market price of {going}"
     return None
 
 
@@ -125,29 +148,21 @@ def node_orders(nodes: list[Node], kind_names: Iterable[str], now: datetime | No
 
 
 def _ordered(nodes: list[Node], earned: dict[UUID, dict[str, float]], kind: str) -> list[Node]:
-    return sorted(
-        nodes,
-        key=lambda n: (
-            -earned.get(n.id, {}).get(kind, 0.0),
-            -n.consecutive_valid,
-            n.invalid_count,
-            -n.valid_count,
-            str(n.id),
-        ),
-    )
+    return sorted(nodes, key=lambda n: order_key(n, earned.get(n.id, {}).get(kind, 0.0)))
 
 
-def spot_check_maybe(*, task: Task, job: Job, node: Node) -> None:
-    """Adaptive replication: the first replica of a task of a spot-checkable kind, on a node trusted on that kind,
-    may be the only one (with probability 1 - REPLICATION_P); it is then spot-checked by the marketplace. Called
-    under the lease's row locks."""
-    if not isinstance(kinds.get(job.kind), SpotCheckedKind) or job.replication < 2:
-        return
-    if not trusted(node_id=node.id, kind=job.kind):
-        return
-    if secrets.SystemRandom().random() < settings.HASHWORK["REPLICATION_P"]:
-        return
-    # Only while this is the task's sole replica: a concurrent lease of a second one keeps full replication.
-    Task.objects.filter(id=task.id, live_replicas=1, replicas_wanted=job.replication, spot_check=False).update(
-        replicas_wanted=1, spot_check=True
-    )
+def order_key(node: Any, score: float) -> tuple[float, int, int, int, str]:
+    """Where a node with reputation `score` on a kind (and its counters: consecutive_valid, invalid_count,
+    valid_count; then its id) stands in the scheduler's order for that kind's work: smallest first."""
+    return (-score, -node.consecutive_valid, node.invalid_count, -node.valid_count, str(node.id))
+
+
+def spot_checkable(kind: str, replication: int) -> bool:
+    """Whether a job of `kind` with `replication` gets adaptive replication: a spot-checkable kind, replicated."""
+    return isinstance(kinds.get(kind), SpotCheckedKind) and replication >= 2
+
+
+def single_replica_drawn(*, trusted: bool, draw: float) -> bool:
+    """Adaptive replication's draw for the first replica of a spot-checkable task: a node trusted on the kind
+    holds the task's only replica unless `draw` (uniform in [0, 1)) falls below REPLICATION_P."""
+    return trusted and draw >= settings.HASHWORK["REPLICATION_P"]

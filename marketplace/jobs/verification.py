@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
 from marketplace.core import hooks
-from marketplace.jobs import faults, kinds, reputation
+from marketplace.jobs import faults, kinds, policy, reputation
 from marketplace.jobs.dispatch import assignment_end, task_fail
 from marketplace.jobs.kinds import DrivenKind, ReplicatedKind, SpotCheckedKind
 from marketplace.jobs.models import (
@@ -309,7 +308,7 @@ def _judge_stopped(*, task: Task, kind: ReplicatedKind[Any], plan: _Plan, values
 
 
 def _quorum(task: Task) -> int:
-    return min(2, task.job.replication)
+    return policy.quorum(task.job.replication)
 
 
 def _apply(*, task: Task, plan: _Plan, nodes: dict[str, UUID], replicas: int) -> str:
@@ -343,8 +342,7 @@ def _apply(*, task: Task, plan: _Plan, nodes: dict[str, UUID], replicas: int) ->
             task_id=task.id, state__in=[AssignmentState.LEASED, AssignmentState.RUNNING]
         ).exists()
         if not open_replicas and valid >= task.replicas_wanted:
-            limit = task.job.replication + settings.HASHWORK["MAX_EXTRA_REPLICAS"]
-            if task.replicas_wanted >= limit:
+            if policy.replicas_exhausted(task.replicas_wanted, task.job.replication):
                 task_fail(task=task, reason=f"{valid} replicas never reached a quorum of {_quorum(task)}")
                 return TaskState.FAILED
             # No majority yet: one more replica, on another node, decides.
