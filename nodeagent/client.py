@@ -9,6 +9,7 @@ from typing import Any
 import requests
 
 from nodeagent.retry import TransientError, retry
+from nodeagent.upload import MultipartFile
 from protocol import Heartbeat, HeartbeatReply
 
 
@@ -35,20 +36,20 @@ class MarketplaceClient:
         self.timeout = timeout
 
     def _call(
-        self, method: str, path: str, *, files_factory: Callable[[], dict[str, Any]] | None = None, **kwargs: Any
+        self, method: str, path: str, *, body_factory: Callable[[], MultipartFile] | None = None, **kwargs: Any
     ) -> Any:
         def once() -> Any:
-            # Files are reopened for each try, so a retried upload sends the whole artifact again.
-            files = files_factory() if files_factory else None
+            # The body is made again for each try (its file reopened), so a retried upload sends the whole artifact.
+            body = body_factory() if body_factory else None
+            if body is not None:
+                kwargs.update(data=body, headers={"Content-Type": body.content_type})
             try:
-                response = self.session.request(
-                    method, f"{self.base_url}{path}", timeout=self.timeout, files=files, **kwargs
-                )
+                response = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(str(exc)) from exc
             finally:
-                for _, handle, *_ in (files or {}).values():
-                    handle.close()
+                if body is not None:
+                    body.close()
             if response.status_code >= 500 or response.status_code == 429:
                 raise TransientError(f"HTTP {response.status_code} from {path}")
             try:
@@ -123,16 +124,12 @@ class MarketplaceClient:
     def submit(
         self, assignment_id: str, *, artifact: Path, sha256: str, signature: str, metrics: str
     ) -> dict[str, Any]:
-        """Upload a result. Safe to repeat after a network error: the marketplace answers a repeated identical
-        upload with the first result."""
+        """Upload a result, streamed from its file. Safe to repeat after a network error: the marketplace answers a
+        repeated identical upload with the first result."""
 
-        def files() -> dict[str, Any]:
-            return {"artifact": (artifact.name, artifact.open("rb"), "application/octet-stream")}
+        def body() -> MultipartFile:
+            fields = {"sha256": sha256, "signature": signature, "metrics": metrics}
+            return MultipartFile(fields, field="artifact", path=artifact)
 
-        result: dict[str, Any] = self._call(
-            "POST",
-            f"/api/assignments/{assignment_id}/result/",
-            data={"sha256": sha256, "signature": signature, "metrics": metrics},
-            files_factory=files,
-        )
+        result: dict[str, Any] = self._call("POST", f"/api/assignments/{assignment_id}/result/", body_factory=body)
         return result

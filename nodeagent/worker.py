@@ -6,7 +6,6 @@ reporting to the agent) is nodeagent.broker's."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -16,13 +15,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from kombu import Queue
 
-from nodeagent import broker, child, probe, sandbox
+from nodeagent import broker, child, inputs, probe, sandbox
 from nodeagent import config as agent_config
 from nodeagent.client import ApiError, Conflict, MarketplaceClient
 from nodeagent.retry import TransientError
@@ -94,6 +94,7 @@ def run_assignment(message: Any) -> str:
             client.release(assignment_id)
             logger.info("assignment %s handed back: the node is paused", assignment_id)
             return "released"
+        begun = time.monotonic()
         client.start(assignment_id)
     except Conflict as exc:
         logger.info("assignment %s not started: %s", assignment_id, exc.message)
@@ -103,19 +104,29 @@ def run_assignment(message: Any) -> str:
         return "unreachable"
     marker = running_dir(cfg) / assignment_id
     workdir = Path(tempfile.mkdtemp(prefix=f"{assignment_id}-", dir=cfg.state / "work"))
+    # Seconds per phase, in the log line of each assignment: where a chunk's fixed cost goes (bench/render.py).
+    phases = {"start": time.monotonic() - begun}
     try:
-        outcome = _fetch_inputs(client, assignment, workdir) or _run_child(cfg, assignment, workdir, marker)
+        outcome = _timed(
+            phases, "inputs", lambda: inputs.fetch(client, assignment, workdir, inputs.cache_dir(cfg.state))
+        ) or _timed(phases, "run", lambda: _run_child(cfg, assignment, workdir, marker))
         if outcome is not None:
             with contextlib.suppress(Conflict):
                 client.fail(assignment_id, outcome)
             logger.warning("assignment %s failed: %s", assignment_id, outcome.splitlines()[-1] if outcome else "")
             return "failed"
         artifact = workdir / "artifact"
-        sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+        sha256 = _timed(phases, "hash", lambda: inputs.file_sha256(artifact))
         signature = Wallet(cfg.wallet_key).sign_result(assignment_id, sha256)
         metrics = (workdir / "metrics.json").read_text()
-        client.submit(assignment_id, artifact=artifact, sha256=sha256, signature=signature, metrics=metrics)
-        logger.info("assignment %s submitted (sha256 %s)", assignment_id, sha256[:12])
+        _timed(
+            phases,
+            "upload",
+            lambda: client.submit(
+                assignment_id, artifact=artifact, sha256=sha256, signature=signature, metrics=metrics
+            ),
+        )
+        logger.info("assignment %s submitted (sha256 %s; %s)", assignment_id, sha256[:12], _phases_text(phases))
         return "submitted"
     except Conflict as exc:
         logger.info("assignment %s: result not taken: %s", assignment_id, exc.message)
@@ -126,6 +137,21 @@ def run_assignment(message: Any) -> str:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         marker.unlink(missing_ok=True)
+
+
+T = TypeVar("T")
+
+
+def _timed(phases: dict[str, float], name: str, step: Callable[[], T]) -> T:
+    began = time.monotonic()
+    try:
+        return step()
+    finally:
+        phases[name] = time.monotonic() - began
+
+
+def _phases_text(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.3f}s" for name, seconds in phases.items())
 
 
 def _refuse(client: MarketplaceClient, raw: Any, error: ProtocolError) -> str:
@@ -143,24 +169,6 @@ def _refuse(client: MarketplaceClient, raw: Any, error: ProtocolError) -> str:
     except (ApiError, TransientError) as exc:
         logger.warning("assignment %s: could not report it failed (%s); its lease will expire", assignment_id, exc)
     return "incompatible"
-
-
-def _fetch_inputs(client: MarketplaceClient, message: AssignmentMessage, workdir: Path) -> str | None:
-    """Download the assignment's input files into WORKDIR/inputs/ and check their hashes; None when all are there."""
-    inputs = workdir / "inputs"
-    for item in message.input_urls:
-        relative = Path(item.path)
-        if relative.is_absolute() or ".." in relative.parts:
-            return f"input path {item.path!r} leaves the working directory"
-        target = inputs / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            client.download(item.url, target)
-        except (ApiError, TransientError) as exc:
-            return f"cannot fetch input {item.path}: {exc}"
-        if hashlib.sha256(target.read_bytes()).hexdigest() != item.sha256:
-            return f"input {item.path} does not match its sha256"
-    return None
 
 
 def _run_child(cfg: agent_config.AgentConfig, message: AssignmentMessage, workdir: Path, marker: Path) -> str | None:

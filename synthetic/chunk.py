@@ -8,13 +8,14 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
 from synthetic import png16
+from synthetic.zipchunk import ZipRoot
 
 CHUNK_FORMAT = "hashwork-synthetic-chunk/1"
 MANIFEST = "chunk.json"
@@ -22,6 +23,8 @@ ANNOTATIONS = "annotations.json"
 # pass name → folder; every per-image file is <folder>/<global index, 8 digits>.<ext>
 PASS_DIRS = {"rgb": "rgb", "instance": "instance", "category": "category", "depth": "depth", "normals": "normals"}
 META_DIR = "meta"
+# Where a chunk's files are read from: a folder, or its zip read in place (the marketplace's verifier, its merge).
+ChunkRoot = Path | ZipRoot
 # Chunk files nest a few levels (a COCO annotation's RLE is at 4); deeper is not a chunk.
 MAX_JSON_DEPTH = 32
 
@@ -31,12 +34,20 @@ def stem(index: int) -> str:
     return f"{index:08d}"
 
 
-def pass_path(root: Path, pass_name: str, index: int) -> Path:
+@overload
+def pass_path(root: Path, pass_name: str, index: int) -> Path: ...
+@overload
+def pass_path(root: ChunkRoot, pass_name: str, index: int) -> ChunkRoot: ...
+def pass_path(root: ChunkRoot, pass_name: str, index: int) -> ChunkRoot:
     """Where pass `pass_name` of image `index` lives under `root`."""
     return root / PASS_DIRS[pass_name] / f"{stem(index)}.png"
 
 
-def meta_path(root: Path, index: int) -> Path:
+@overload
+def meta_path(root: Path, index: int) -> Path: ...
+@overload
+def meta_path(root: ChunkRoot, index: int) -> ChunkRoot: ...
+def meta_path(root: ChunkRoot, index: int) -> ChunkRoot:
     """Where the metadata JSON of image `index` lives under `root`."""
     return root / META_DIR / f"{stem(index)}.json"
 
@@ -52,7 +63,7 @@ def write_png(path: Path, array: NDArray[Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_png(path: Path, *, shape: tuple[int, int] | None = None) -> NDArray[Any]:
+def read_png(path: ChunkRoot, *, shape: tuple[int, int] | None = None) -> NDArray[Any]:
     """Pixels of a PNG: uint8 H×W×3 for RGB, uint16 H×W for 16-bit single-channel, uint16 H×W×3 for 16-bit RGB.
 
     A PNG's header states its own size, so a small file can ask for gigabytes: with `shape` ((height, width)) a
@@ -63,10 +74,15 @@ def read_png(path: Path, *, shape: tuple[int, int] | None = None) -> NDArray[Any
         if png16.is_rgb16(handle.read(26)):
             handle.seek(0)
             return png16.decode(handle.read(), shape=shape)
+        handle.seek(0)
+        return _read_pillow(handle, shape)
+
+
+def _read_pillow(handle: Any, shape: tuple[int, int] | None) -> NDArray[Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=["PNG"]) as img:
+            with Image.open(handle, formats=["PNG"]) as img:
                 if shape is not None and img.size != (shape[1], shape[0]):
                     width, height = img.size
                     raise ValueError(f"PNG is {width}×{height}, expected {shape[1]}×{shape[0]}")
@@ -101,7 +117,7 @@ def _depth(data: Any) -> int:
     return deepest
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: ChunkRoot) -> Any:
     """Load a JSON file; ValueError for one that is not JSON or nests deeper than MAX_JSON_DEPTH (comparing such
     a file would exhaust the interpreter's recursion limit)."""
     try:

@@ -15,6 +15,7 @@ from synthetic import chunk, schema
 from synthetic.labels import bbox_from_mask, decode_rle
 from synthetic.normals import angle_deg, decode_normals
 from synthetic.schema import clip, short
+from synthetic.zipchunk import ZipRoot
 
 # RGB rule, from measurements on this project's scenes (docs/synthetic.md, "Verification"; 128², 4 images each):
 # honest CPU replicas in separate processes are pixel-identical (PSNR = inf); a render with ¼ of the samples
@@ -66,14 +67,14 @@ def psnr(a: NDArray[Any], b: NDArray[Any]) -> float:
 
 @dataclass
 class _Chunk:
-    root: Path
+    root: chunk.ChunkRoot
     manifest: dict[str, Any]
     coco: dict[str, Any]
     by_index: dict[int, dict[str, Any]]
     anns: dict[int, list[dict[str, Any]]]
 
 
-def _load(root: Path, reasons: list[str], label: str) -> _Chunk | None:
+def _load(root: chunk.ChunkRoot, reasons: list[str], label: str) -> _Chunk | None:
     """The chunk at `root` once its manifest and COCO file pass the schema (synthetic.schema); otherwise None, with
     the reason. Everything here is node-supplied: nothing may raise."""
     try:
@@ -221,12 +222,16 @@ def _compare_labels(
     return ids_a
 
 
-def compare(dir_a: str | Path, dir_b: str | Path) -> Verdict:
+def _root(where: str | chunk.ChunkRoot) -> chunk.ChunkRoot:
+    return where if isinstance(where, ZipRoot) else Path(where)
+
+
+def compare(dir_a: str | chunk.ChunkRoot, dir_b: str | chunk.ChunkRoot) -> Verdict:
     """Compare two replicas of a chunk: format, then labels exactly and normals within NORMALS_MAX_ANGLE_DEG, then
     RGB (PSNR ≥ RGB_MIN_PSNR_DB per image)."""
     reasons: list[str] = []
-    a = _load(Path(dir_a), reasons, "A")
-    b = _load(Path(dir_b), reasons, "B")
+    a = _load(_root(dir_a), reasons, "A")
+    b = _load(_root(dir_b), reasons, "B")
     if a is None or b is None:
         return Verdict(False, reasons)
     for key in ("spec_digest", "start", "count", "resolution", "passes"):
@@ -258,7 +263,9 @@ def _compare_rgb(a: _Chunk, b: _Chunk, indices: list[int], reasons: list[str]) -
     return scores
 
 
-def compare_labels(reference: Path, rerender: Path, indices: list[int], *, rgb: bool = False) -> Verdict:
+def compare_labels(
+    reference: chunk.ChunkRoot, rerender: chunk.ChunkRoot, indices: list[int], *, rgb: bool = False
+) -> Verdict:
     """Spot check: the label passes (and normals) of `indices` in chunk `reference` against a re-render, exactly;
     with `rgb` (a full re-render), their RGB too, by the replicas' PSNR rule (RGB_MIN_PSNR_DB)."""
     reasons: list[str] = []

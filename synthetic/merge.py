@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from synthetic import chunk
+from synthetic.zipchunk import ZipRoot
 
 
 class MergeError(ValueError):
     """Chunks that cannot form one dataset (different specs/categories, overlapping images, broken layout)."""
 
 
-def _manifest(root: Path) -> dict[str, Any]:
+def _manifest(root: chunk.ChunkRoot) -> dict[str, Any]:
     try:
         manifest = chunk.read_json(root / chunk.MANIFEST)
     except (OSError, ValueError) as exc:
@@ -27,14 +28,15 @@ def _manifest(root: Path) -> dict[str, Any]:
 
 
 def merge(
-    chunk_dirs: Sequence[str | Path], out_zip: str | Path, *, progress: Callable[[int], None] | None = None
+    chunk_dirs: Sequence[str | chunk.ChunkRoot], out_zip: str | Path, *, progress: Callable[[int], None] | None = None
 ) -> dict[str, int]:
-    """Write one COCO dataset zip from chunk dirs (in image order); renumber image ids 1..N and annotation ids 1..M.
+    """Write one COCO dataset zip from chunk dirs or chunk zips read in place (in image order); renumber image ids
+    1..N and annotation ids 1..M.
 
     Layout: `annotations.json` (COCO) plus each chunk's pass folders (`rgb/`, `instance/`, …, `meta/`), file
     names keeping the global image index. Returns {"images": N, "annotations": M}.
     """
-    roots = [Path(d) for d in chunk_dirs]
+    roots = [d if isinstance(d, ZipRoot) else Path(d) for d in chunk_dirs]
     if not roots:
         raise MergeError("no chunks to merge")
     manifests = [(root, _manifest(root)) for root in roots]
@@ -77,7 +79,10 @@ def merge(
                         for folder in (*chunk.PASS_DIRS.values(), chunk.META_DIR):
                             ext = "json" if folder == chunk.META_DIR else "png"
                             src = root / folder / f"{chunk.stem(index)}.{ext}"
-                            if src.is_file():
+                            if isinstance(src, ZipRoot):
+                                if src.is_file():
+                                    zf.writestr(f"{folder}/{src.name}", src.read_bytes())
+                            elif src.is_file():
                                 zf.write(src, f"{folder}/{src.name}")
                         if progress is not None:
                             progress(n_images)

@@ -15,6 +15,7 @@ from typing import Any
 
 from synthetic.compare import Verdict, compare_labels
 from synthetic.spec import validate_spec
+from synthetic.zipchunk import ZipRoot
 
 _MESA_EGL = Path("/usr/share/glvnd/egl_vendor.d/50_mesa.json")
 
@@ -101,7 +102,7 @@ def render_chunk(
 
 def spot_check(
     spec_dict: dict[str, Any],
-    chunk_dir: str | Path,
+    chunk_dir: str | Path | ZipRoot,
     image_index: int,
     *,
     asset_dir: str | Path | None = None,
@@ -123,4 +124,5 @@ def spot_check(
             "device": "cpu",
         }
         _run_child(job, None)
-        return compare_labels(Path(chunk_dir), Path(tmp), [image_index], rgb=full)
+        reference = chunk_dir if isinstance(chunk_dir, ZipRoot) else Path(chunk_dir)
+        return compare_labels(reference, Path(tmp), [image_index], rgb=full)

@@ -8,9 +8,7 @@ import math
 import secrets
 import shutil
 import stat
-import struct
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from marketplace.core.exceptions import ValidationFailed
 from marketplace.core.queues import TaskName
 from marketplace.jobs.kinds.base import SpotCheckedKind, TaskPlan
 from protocol import RenderPayload
+from synthetic.zipchunk import ZIP_ERRORS, Opener, ZipRoot
 
 MAX_CHUNK_SIZE = 256
 MAX_UNPACKED_BYTES = 2 * 2**30
@@ -147,26 +146,76 @@ def _members_check(archive: zipfile.ZipFile, limits: ZipLimits) -> None:
             raise ValueError(f"the archive unpacks to more than {limits.unpacked_bytes} bytes, more than a chunk")
 
 
-# What a broken or hostile zip raises inside zipfile besides BadZipFile (RuntimeError: an encrypted member): its
-# data is the node's, so these are the node's errors, a malformed result.
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    EOFError,
-    struct.error,
-    NotImplementedError,
-    RuntimeError,
-    OverflowError,
-    UnicodeDecodeError,
-)
+# What a broken or hostile zip raises inside zipfile: its data is the node's, so these are the node's errors.
+_ZIP_ERRORS = ZIP_ERRORS
+
+
+def _opener(result: Any) -> Opener:
+    """A new binary handle on the result's artifact at each call: from its storage when it has one (a Django
+    FieldFile's own open() reopens one shared file object), else from the artifact's open()."""
+    artifact = result.artifact
+    storage, name = getattr(artifact, "storage", None), getattr(artifact, "name", None)
+    if storage is not None and name:
+        return lambda: storage.open(name, "rb")
+    return lambda: artifact.open("rb")
+
+
+def _layout_check(members: list[zipfile.ZipInfo]) -> frozenset[str]:
+    """The archive's file names, once each is canonical (no empty or "." part: unpacking would have renamed it) and
+    none is also a folder of another name (unpacking could not have made both): what a folder holds, it can be."""
+    files = {m.filename for m in members if not m.is_dir()}
+    folders = {m.filename.rstrip("/") for m in members if m.is_dir()}
+    for name in files:
+        parts = name.split("/")
+        if any(part in ("", ".") for part in parts):
+            raise ValueError(f"the archive holds a path that is not canonical: {name[:100]!r}")
+        folders.update("/".join(parts[:k]) for k in range(1, len(parts)))
+    clash = sorted(files & folders)
+    if clash:
+        raise ValueError(f"the archive holds {clash[0][:100]!r} both as a file and as a folder")
+    return frozenset(files)
+
+
+def chunk_open(result: Any) -> ZipRoot:
+    """The result's chunk read in place from its zip (nothing unpacked), once the zip is within the bounds of its
+    task (`zip_limits`: entries counted before the central directory is read, each member's compression ratio and
+    the total unpacked capped, no path leaving the chunk, no symbolic link), every member inflates to its declared
+    size with the right CRC (read through, not kept), and a chunk.json is there. A malformed or hostile zip is a
+    ValueError naming the problem; the marketplace's own trouble (its storage) is not."""
+    from marketplace.jobs.faults import RESOURCE_ERRNOS, VerifierUnavailable
+
+    limits = zip_limits(result.assignment.task.payload)
+    opener = _opener(result)
+    try:
+        handle = opener()
+    except OSError as exc:
+        raise VerifierUnavailable(f"the artifact of result {result.id} cannot be read from storage ({exc})") from exc
+    try:
+        with handle:
+            _zip_check(handle, limits)
+            with zipfile.ZipFile(handle) as archive:
+                _members_check(archive, limits)
+                # testzip reads each member through in small blocks: what extracting it would have proven.
+                broken = archive.testzip()
+                if broken is not None:
+                    raise ValueError(f"{broken[:100]!r} does not inflate to its CRC")
+                names = _layout_check(archive.infolist())
+    except _ZIP_ERRORS as exc:
+        raise ValueError(f"the artifact is not a zip of a rendered chunk ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRNOS:
+            raise
+        raise ValueError(f"the archive cannot be read as a chunk ({type(exc).__name__}: {exc})") from exc
+    if "chunk.json" not in names:
+        raise ValueError("the archive has no chunk.json: not a rendered chunk")
+    return ZipRoot(opener, names, label=str(result.id))
 
 
 def chunk_unpack(result: Any) -> Path:
-    """The result's chunk, unpacked once under MEDIA_ROOT/unpacked/<result id> (idempotent), within the bounds of
-    its task (`zip_limits`): entries counted before the central directory is read, each member's compression
-    ratio and the total unpacked capped, no path leaving the folder, no symbolic link. A malformed or hostile
-    zip is a ValueError naming the problem; the marketplace's own trouble (its storage, a full disk) is not."""
+    """For tools that want files (the verifier reads in place: `chunk_open`): the result's chunk, unpacked once
+    under MEDIA_ROOT/unpacked/<result id> (idempotent), within the same bounds as `chunk_open`. A malformed or
+    hostile zip is a ValueError naming the problem; the marketplace's own trouble (its storage, a full disk) is
+    not."""
     from marketplace.jobs.faults import RESOURCE_ERRNOS, VerifierUnavailable
 
     target = _unpacked_dir(result)
@@ -207,14 +256,14 @@ def chunk_unpack(result: Any) -> Path:
 
 
 def chunk_discard(result: Any) -> None:
-    """Remove what chunk_unpack left of a result (chunk_unpack makes it again from the artifact if asked)."""
+    """Remove what chunk_unpack left of a result (an older marketplace unpacked every chunk it verified)."""
     target = _unpacked_dir(result)
     shutil.rmtree(target, ignore_errors=True)
     for partial in target.parent.glob(f"{target.name}.partial-*"):
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def manifest_check(root: Path, payload: dict[str, Any]) -> None:
+def manifest_check(root: Path | ZipRoot, payload: dict[str, Any]) -> None:
     """The chunk's manifest must describe its task: same images (start, count), the spec's resolution, passes and
     digest; ValueError naming the first difference. The verifier bounds every image by that resolution."""
     from synthetic import validate_spec
@@ -252,7 +301,7 @@ def assets_dir(job: Any) -> Path:
     return root
 
 
-class RenderKind(SpotCheckedKind[Path]):
+class RenderKind(SpotCheckedKind[ZipRoot]):
     name = "render"
     description = "Labeled synthetic images rendered with Blender, in chunks; replicas must agree exactly."
     artifact_max_bytes = 512 * 2**20
@@ -293,29 +342,31 @@ class RenderKind(SpotCheckedKind[Path]):
             for start in range(0, spec.images, spec.chunk_size)
         ]
 
-    def result_value(self, result: Any) -> Path:
-        """The unpacked chunk, once its zip is within its task's bounds and its manifest describes its task."""
-        root = chunk_unpack(result)
+    def result_value(self, result: Any) -> ZipRoot:
+        """The chunk, read in place from its zip, once the zip is within its task's bounds and its manifest
+        describes its task."""
+        root = chunk_open(result)
         manifest_check(root, result.assignment.task.payload)
         return root
 
     def result_discard(self, result: Any) -> None:
-        """Free the disk result_value used (the unpacked chunk): after a rejection, or once the job is merged."""
+        """Free the disk a result's chunk used (nothing now that it is read in place; an older marketplace's
+        unpacked folder): after a rejection, or once the job is merged."""
         chunk_discard(result)
 
-    def agree(self, a: Path, b: Path) -> bool:
+    def agree(self, a: ZipRoot, b: ZipRoot) -> bool:
         """Two replicas of one chunk agree: identical labels, RGB within synthetic's PSNR rule."""
         from synthetic import compare
 
         return bool(compare(a, b).ok)
 
-    def explain(self, accepted: Path, value: Path) -> str:
+    def explain(self, accepted: ZipRoot, value: ZipRoot) -> str:
         """How a rejected chunk differs from the accepted one: the first reasons synthetic.compare gives."""
         from synthetic import compare
 
         return "; ".join(compare(accepted, value).reasons[:3])
 
-    def spot_check(self, task: Any, value: Path) -> tuple[bool, str]:
+    def spot_check(self, task: Any, value: ZipRoot) -> tuple[bool, str]:
         """Re-render one random image of the chunk here in full (path-traced with the job's samples, every pass)
         and require its labels to match exactly and its RGB to pass the replicas' PSNR rule: the only replica of
         a trusted node's task is checked on what it is paid for, so a lazy (fewer-samples) render fails."""

@@ -41,8 +41,8 @@ def _previews(*, job: Job, archive: Path, count: int) -> list[str]:
 
 
 def job_results_discard(*, job: Job) -> None:
-    """Free what verifying and merging a job used (a render kind's unpacked chunks) for all of its results: once
-    its output is built nothing reads them again (a late verify unpacks what it needs from the artifact)."""
+    """Free what verifying and merging a job used for all of its results (the render kind reads its chunks in place
+    from their zips, so only what an older marketplace unpacked): once its output is built nothing reads it again."""
     kind = kinds.get(job.kind)
     discard = getattr(kind, "result_discard", None) if isinstance(kind, kinds.ReplicatedKind) else None
     if discard is None:
@@ -52,8 +52,8 @@ def job_results_discard(*, job: Job) -> None:
 
 
 def job_output_build(*, job_id: UUID) -> JobOutput | None:
-    """Merge a completed render job's accepted chunks (one replica per task) into its dataset, then free its
-    results' unpacked chunks (`job_results_discard`). Idempotent: a repeated run only frees them again."""
+    """Merge a completed render job's accepted chunks (one replica per task, read in place from their zips) into its
+    dataset, then free what its results used (`job_results_discard`). Idempotent: a repeated run only frees again."""
     job = Job.objects.filter(id=job_id, state=JobState.COMPLETED).first()
     if job is None:
         return None
