@@ -179,6 +179,8 @@ def leases_extend(
     """Heartbeat: extend the running leases the node reports, never past `lease_bound`, recording each one's
     progress (done, total) where reported; return the reported ids it no longer holds. An assignment past its
     bound expires here (an attempt lost, like any expired lease) and is named with the others."""
+    if not assignment_ids:
+        return []  # an idle node's heartbeat: nothing to extend (and no query to build)
     now = timezone.now()
     progress = progress or {}
     held = Assignment.objects.filter(id__in=assignment_ids, node=node, state=AssignmentState.RUNNING).select_related(
