@@ -83,6 +83,9 @@ class Load:
         # (round trip s, from the scheduled moment s, HTTP status) of heartbeats sent while measuring.
         self.samples: list[tuple[float, float, int]] = []
         self.errors = 0
+        # Set once every node's first heartbeat is on its way (its phase has passed): from then the load is steady.
+        self.steady = threading.Event()
+        self._begun = 0
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     async def _run(self) -> None:
@@ -100,6 +103,9 @@ class Load:
         loop = asyncio.get_running_loop()
         headers = {"Authorization": f"Node {token}"}
         await asyncio.sleep(phase)
+        self._begun += 1  # one event loop: no lock needed
+        if self._begun == len(self.tokens):
+            self.steady.set()
         due = loop.time()
         while not self.stop.is_set():
             sent = loop.time()
@@ -167,7 +173,8 @@ def main() -> None:
                 body = Heartbeat(capabilities=fleet.capabilities, free_slots=1, broker=BrokerHealth(ok=True)).to_json()
                 load = Load(stack.url, tokens, body, interval=args.interval, connections=args.connections)
                 load.thread.start()
-                time.sleep(args.interval)  # every node has sent its first heartbeat: the load is steady
+                if not load.steady.wait(timeout=args.interval + 60):
+                    raise SystemExit("the heartbeat load did not reach every node within its interval + 60 s")
                 log = stack.var_dir / "logs" / "web.log"
                 offset = log.stat().st_size
                 load.measuring, measured_from = True, time.perf_counter()
