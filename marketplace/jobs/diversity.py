@@ -1,6 +1,7 @@
 """Who may hold a replica: replicas of one task go to distinct operators and distinct networks (so one person's
-Sybil nodes cannot outvote an honest replica), and a node on probation holds little work. `dispatch.assignment_lease`
-asks these under its row locks, which makes them binding; `dispatch.schedule` asks them first, to skip early."""
+Sybil nodes cannot outvote an honest replica), and a node on probation holds little work. `leasing.leases_grant`
+asks these under its row locks, which makes them binding; the scheduler's plan (`leasing.schedule`) asks them first,
+to skip early."""
 
 from __future__ import annotations
 
